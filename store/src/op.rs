@@ -1,0 +1,115 @@
+//! Operations: every change to the store is one [`Op`] applied with a [`Stamp`].
+//!
+//! The Raft layer puts an `Op` in each log entry and applies it with the entry's index as the
+//! revision and the leader's clock as the time, so the store's state is a pure function of the
+//! log: applying an op reads neither the local clock nor randomness, and iterates only ordered
+//! maps.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::BucketState;
+use crate::record::Record;
+
+/// The revision and time an op is applied at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The Raft log index of the entry; it must be above the revision of every record it changes.
+    pub rev: u64,
+    /// The leader's clock when it proposed the entry, in ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// What a write expects of the key's current record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Expect {
+    /// No condition.
+    #[default]
+    Any,
+    /// No live record: the key was never written, or its record is a tombstone.
+    Absent,
+    /// The current record (live or a tombstone) has exactly this revision.
+    Rev(u64),
+}
+
+/// A tombstone named by bucket, key and the revision of the delete that made it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TombstoneRef {
+    pub bucket: String,
+    pub key: Vec<u8>,
+    pub rev: u64,
+}
+
+/// One change to the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    CreateBucket {
+        bucket: String,
+    },
+    /// Removes the bucket and everything in it.
+    DropBucket {
+        bucket: String,
+    },
+    /// Moves a bucket along its life cycle (see [`BucketState`]); other moves are refused.
+    SetBucketState {
+        bucket: String,
+        state: BucketState,
+    },
+    Put {
+        bucket: String,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expect: Expect,
+    },
+    /// Replaces a live record with a tombstone.
+    Delete {
+        bucket: String,
+        key: Vec<u8>,
+        expect: Expect,
+    },
+    /// Guarded select-delete: removes each named tombstone only if the record is still a
+    /// tombstone with exactly that revision.
+    Purge {
+        items: Vec<TombstoneRef>,
+    },
+    /// Removes every record and tombstone of a bucket, keeping the bucket and its state.
+    DropBucketData {
+        bucket: String,
+    },
+    /// Writes records as they were (revisions included), as read from an archive.
+    Restore {
+        bucket: String,
+        records: Vec<(Vec<u8>, Record)>,
+    },
+}
+
+/// What applying an op did. Failed expectations are answers, not errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// A put or delete wrote a record at this revision.
+    Written {
+        rev: u64,
+    },
+    /// The expectation did not hold; nothing changed. `current` is the key's current record
+    /// revision (live or tombstone), if any.
+    Conflict {
+        current: Option<u64>,
+    },
+    /// A delete found no live record; nothing changed.
+    NotFound,
+    /// A purge: how many tombstones went, and how many the guard kept (recreated, deleted
+    /// again at another rev, already gone, or in a bucket that no longer exists).
+    Purged {
+        purged: u64,
+        skipped: u64,
+    },
+    /// Records and tombstones removed by `DropBucket` or `DropBucketData`.
+    Dropped {
+        records: u64,
+        tombstones: u64,
+    },
+    Restored {
+        records: u64,
+    },
+    /// A bucket was created or changed state.
+    Done,
+}

@@ -43,19 +43,28 @@ struct Sides {
 impl Sides {
     fn new() -> Sides {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config { durable: false, ..Config::new(dir.path().join("state.redb")) };
+        let config = Config {
+            durable: false,
+            ..Config::new(dir.path().join("state.redb"))
+        };
         let store = Store::open(config).unwrap();
         let raw = Database::builder()
             .set_cache_size(metakv_store::CACHE_BYTES_DEFAULT)
             .create(dir.path().join("raw.redb"))
             .unwrap();
-        let s = Sides { _dir: dir, store, raw, rev: Cell::new(0) };
+        let s = Sides {
+            _dir: dir,
+            store,
+            raw,
+            rev: Cell::new(0),
+        };
         s.apply(vec![Op::CreateBucket { bucket: "b".into() }]);
         for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
             s.apply(chunk.iter().map(|i| put(*i)).collect());
             s.raw_write(|t| {
                 for i in chunk {
-                    t.insert(key(*i).as_slice(), [b'v'; 256].as_slice()).unwrap();
+                    t.insert(key(*i).as_slice(), [b'v'; 256].as_slice())
+                        .unwrap();
                 }
             });
         }
@@ -68,7 +77,13 @@ impl Sides {
         self.store
             .write(|w| {
                 for (i, op) in ops.iter().enumerate() {
-                    w.apply(op, Stamp { rev: first + i as u64, time_ms: 0 })?;
+                    w.apply(
+                        op,
+                        Stamp {
+                            rev: first + i as u64,
+                            time_ms: 0,
+                        },
+                    )?;
                 }
                 Ok(())
             })
@@ -103,11 +118,20 @@ impl Sides {
 }
 
 fn put(i: u64) -> Op {
-    Op::Put { bucket: "b".into(), key: key(i), value: vec![b'v'; 256], expect: Expect::Any }
+    Op::Put {
+        bucket: "b".into(),
+        key: key(i),
+        value: vec![b'v'; 256],
+        expect: Expect::Any,
+    }
 }
 
 fn delete(i: u64) -> Op {
-    Op::Delete { bucket: "b".into(), key: key(i), expect: Expect::Any }
+    Op::Delete {
+        bucket: "b".into(),
+        key: key(i),
+        expect: Expect::Any,
+    }
 }
 
 fn benches(c: &mut Criterion) {
@@ -124,7 +148,9 @@ fn benches(c: &mut Criterion) {
     g.bench_function("metakv", |b| {
         b.iter(|| s.apply(next_keys(BATCH).into_iter().map(put).collect()))
     });
-    g.bench_function("raw_redb", |b| b.iter(|| s.raw_put(&next_keys(BATCH), &[b'v'; 256])));
+    g.bench_function("raw_redb", |b| {
+        b.iter(|| s.raw_put(&next_keys(BATCH), &[b'v'; 256]))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("get");
@@ -135,7 +161,13 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let txn = s.raw.begin_read().unwrap();
             let t = txn.open_table(RAW).unwrap();
-            black_box(t.get(key(next_keys(1)[0]).as_slice()).unwrap().unwrap().value().to_vec())
+            black_box(
+                t.get(key(next_keys(1)[0]).as_slice())
+                    .unwrap()
+                    .unwrap()
+                    .value()
+                    .to_vec(),
+            )
         })
     });
     g.finish();
@@ -221,7 +253,9 @@ fn benches(c: &mut Criterion) {
     let next_doomed = || {
         let from = next.get();
         next.set(from + BATCH);
-        (from..from + BATCH).map(|j| doomed[(j % doomed.len() as u64) as usize]).collect::<Vec<_>>()
+        (from..from + BATCH)
+            .map(|j| doomed[(j % doomed.len() as u64) as usize])
+            .collect::<Vec<_>>()
     };
     let mut g = c.benchmark_group("purge");
     g.bench_function("metakv", |b| {
@@ -233,8 +267,12 @@ fn benches(c: &mut Criterion) {
                 s.apply(keys.iter().map(|i| delete(*i)).collect());
                 let revs = first + BATCH..first + 2 * BATCH;
                 let refs = keys.iter().zip(revs);
-                refs.map(|(i, rev)| TombstoneRef { bucket: "b".into(), key: key(*i), rev })
-                    .collect::<Vec<_>>()
+                refs.map(|(i, rev)| TombstoneRef {
+                    bucket: "b".into(),
+                    key: key(*i),
+                    rev,
+                })
+                .collect::<Vec<_>>()
             },
             |items| s.apply(vec![Op::Purge { items }]),
             BatchSize::PerIteration,

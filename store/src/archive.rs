@@ -534,7 +534,15 @@ impl Store {
                 records: n_records,
             }
         };
-        txn.commit().doing("committing an import")?;
+        // Bucket states change wholesale: commit under the states lock, then reload them.
+        {
+            let _states = self
+                .states
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            txn.commit().doing("committing an import")?;
+        }
+        self.reload_states()?;
         Ok(summary)
     }
 

@@ -243,6 +243,23 @@ impl Store {
                     reason: format!("{change_rows} rows for {total_rows} records"),
                 });
             }
+            let states = self
+                .states
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let table_states: BTreeMap<_, _> = buckets
+                .iter()
+                .map(|(n, (i, _, _))| (n.clone(), i.state))
+                .collect();
+            if *states != table_states {
+                note(Problem::Index {
+                    table: "buckets",
+                    reason: format!(
+                        "states in memory {states:?} differ from the table {table_states:?}"
+                    ),
+                });
+            }
             for (name, (info, live, dead)) in &buckets {
                 if (info.records, info.tombstones) != (*live, *dead) {
                     note(Problem::Index {

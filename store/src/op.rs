@@ -35,6 +35,7 @@ pub enum Expect {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TombstoneRef {
     pub bucket: String,
+    #[serde(with = "crate::codec::bytes")]
     pub key: Vec<u8>,
     pub rev: u64,
 }
@@ -56,13 +57,16 @@ pub enum Op {
     },
     Put {
         bucket: String,
+        #[serde(with = "crate::codec::bytes")]
         key: Vec<u8>,
+        #[serde(with = "crate::codec::bytes")]
         value: Vec<u8>,
         expect: Expect,
     },
     /// Replaces a live record with a tombstone.
     Delete {
         bucket: String,
+        #[serde(with = "crate::codec::bytes")]
         key: Vec<u8>,
         expect: Expect,
     },
@@ -71,7 +75,8 @@ pub enum Op {
     Purge {
         items: Vec<TombstoneRef>,
     },
-    /// Removes every record and tombstone of a bucket, keeping the bucket and its state.
+    /// Removes every record and tombstone of a `Pausing` or `Resuming` bucket and leaves it
+    /// `Paused`, in one entry: the end of a pause, or the rollback of a failed resume.
     DropBucketData {
         bucket: String,
     },

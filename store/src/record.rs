@@ -29,6 +29,7 @@ pub const RECORD_FORMAT: u8 = 1;
 /// One key's current state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    #[serde(with = "crate::codec::bytes")]
     pub value: Vec<u8>,
     pub rev: u64,
     pub create_rev: u64,

@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
-use crate::bucket::{BucketInfo, SYS_BUCKET};
+use crate::bucket::{BucketInfo, BucketState, SYS_BUCKET};
 use crate::codec;
 use crate::error::{Doing, Error, KeyDisplay, Result};
 use crate::keys;
@@ -66,17 +67,27 @@ pub(crate) struct Limits {
     pub(crate) value_bytes_max: usize,
 }
 
+/// Existence and state of every bucket as of the last commit: what every read checks first.
+pub(crate) type States = Arc<BTreeMap<String, BucketState>>;
+
 /// The record store of one node.
 ///
 /// Reads take `&self` and see one committed state each; writes go through [`Store::write`],
 /// one redb write transaction at a time. [`Store::compact`] and [`Store::check`] need
 /// `&mut self`: they take the store out of service.
+///
+/// Bucket states are kept in memory too (`states`), so a read need not open the `buckets`
+/// table. IMPORTANT: a commit that changes any bucket's existence or state holds the write
+/// lock of `states` from before the commit until the map is replaced, and [`Store::read`]
+/// begins its redb snapshot under the read lock. So a view's snapshot and its states always
+/// come from the same commit.
 #[derive(Debug)]
 pub struct Store {
     pub(crate) db: Database,
     pub(crate) path: PathBuf,
     pub(crate) limits: Limits,
     pub(crate) durable: bool,
+    pub(crate) states: RwLock<States>,
 }
 
 impl Store {
@@ -101,8 +112,10 @@ impl Store {
                 value_bytes_max: config.value_bytes_max,
             },
             durable: config.durable,
+            states: RwLock::new(Arc::default()),
         };
         store.init()?;
+        store.reload_states()?;
         Ok(store)
     }
 
@@ -145,6 +158,23 @@ impl Store {
         txn.commit().doing("committing the first write")
     }
 
+    /// Reads every bucket's state from the table into memory.
+    pub(crate) fn reload_states(&self) -> Result<()> {
+        let mut guard = self.states.write().unwrap_or_else(PoisonError::into_inner);
+        let txn = self.db.begin_read().doing("beginning a read")?;
+        let view = ReadView {
+            txn,
+            states: Arc::default(),
+        };
+        let states = view
+            .buckets()?
+            .into_iter()
+            .map(|(name, info)| (name, info.state))
+            .collect();
+        *guard = Arc::new(states);
+        Ok(())
+    }
+
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
         &self.path
@@ -157,8 +187,12 @@ impl Store {
 
     /// A consistent view of the store as of now: every read through it sees the same state.
     pub fn read(&self) -> Result<ReadView> {
+        let states = self.states.read().unwrap_or_else(PoisonError::into_inner);
         let txn = self.db.begin_read().doing("beginning a read")?;
-        Ok(ReadView { txn })
+        Ok(ReadView {
+            txn,
+            states: Arc::clone(&states),
+        })
     }
 
     /// Runs `f` in one write transaction and commits what it did, or nothing if it fails.
@@ -171,13 +205,25 @@ impl Store {
             txn.set_durability(redb::Durability::None)
                 .doing("setting durability")?;
         }
-        let out = {
+        let (out, changed) = {
             let mut writer = Writer::open(&txn, self.limits)?;
             let out = f(&mut writer)?;
-            writer.flush()?;
-            out
+            (out, writer.flush()?)
         };
+        if changed.is_empty() {
+            txn.commit().doing("committing a write")?;
+            return Ok(out);
+        }
+        let mut guard = self.states.write().unwrap_or_else(PoisonError::into_inner);
         txn.commit().doing("committing a write")?;
+        let mut states = BTreeMap::clone(&guard);
+        for (name, state) in changed {
+            match state {
+                Some(state) => states.insert(name, state),
+                None => states.remove(&name),
+            };
+        }
+        *guard = Arc::new(states);
         Ok(out)
     }
 
@@ -278,6 +324,7 @@ pub struct TombstonePage {
 /// A consistent read-only view of the store.
 pub struct ReadView {
     txn: ReadTransaction,
+    states: States,
 }
 
 impl std::fmt::Debug for ReadView {
@@ -352,15 +399,23 @@ impl ReadView {
         Ok(out)
     }
 
-    fn readable(&self, bucket: &str) -> Result<BucketInfo> {
-        let info = self.bucket(bucket)?;
-        if !info.state.allows_reads() {
+    /// The state of a bucket as of this view, without reading its row.
+    pub fn bucket_state(&self, bucket: &str) -> Result<BucketState> {
+        let state = self.states.get(bucket).copied();
+        state.ok_or_else(|| Error::BucketNotFound {
+            bucket: bucket.to_owned(),
+        })
+    }
+
+    fn readable(&self, bucket: &str) -> Result<()> {
+        let state = self.bucket_state(bucket)?;
+        if !state.allows_reads() {
             return Err(Error::BucketPaused {
                 bucket: bucket.to_owned(),
-                state: info.state,
+                state,
             });
         }
-        Ok(info)
+        Ok(())
     }
 
     /// The key's record; a tombstone reads as `None` unless `include_tombstones`.
@@ -422,7 +477,8 @@ impl ReadView {
         limit: usize,
     ) -> Result<Changes> {
         check_limit("changes limit", limit)?;
-        let info = self.readable(bucket)?;
+        self.readable(bucket)?;
+        let info = self.bucket(bucket)?;
         if after_rev < info.purge_floor {
             return Ok(Changes::Compacted {
                 floor: info.purge_floor,

@@ -33,6 +33,8 @@ pub struct Writer<'t> {
     /// Bucket rows read or changed in this transaction; `None` marks a dropped bucket. Written
     /// back by `flush`. A BTreeMap, so the write-back order is the same on every node.
     cache: BTreeMap<String, Option<BucketInfo>>,
+    /// Buckets created, dropped or moved to another state in this transaction.
+    state_changes: BTreeMap<String, Option<BucketState>>,
     dirty: bool,
     last_rev: u64,
     limits: Limits,
@@ -65,6 +67,7 @@ impl<'t> Writer<'t> {
             buckets: txn.open_table(BUCKETS).doing("opening buckets")?,
             meta,
             cache: BTreeMap::new(),
+            state_changes: BTreeMap::new(),
             dirty: false,
             last_rev,
             limits,
@@ -130,10 +133,11 @@ impl<'t> Writer<'t> {
         Ok(applied)
     }
 
-    /// Writes back the bucket rows and the last revision. Called once before commit.
-    pub(crate) fn flush(&mut self) -> Result<()> {
+    /// Writes back the bucket rows and the last revision. Called once before commit; returns
+    /// the buckets whose existence or state changed (`None`: dropped), for `Store::states`.
+    pub(crate) fn flush(&mut self) -> Result<BTreeMap<String, Option<BucketState>>> {
         if !self.dirty {
-            return Ok(());
+            return Ok(BTreeMap::new());
         }
         for (name, info) in std::mem::take(&mut self.cache) {
             match info {
@@ -154,7 +158,7 @@ impl<'t> Writer<'t> {
             .insert(META_LAST_REV, &self.last_rev.to_le_bytes()[..])
             .doing("writing the last revision")?;
         self.dirty = false;
-        Ok(())
+        Ok(std::mem::take(&mut self.state_changes))
     }
 
     /// The bucket's row as of this transaction, or `None` if it does not exist.
@@ -201,6 +205,13 @@ impl<'t> Writer<'t> {
         self.cache.insert(bucket.to_owned(), Some(info));
     }
 
+    /// `store_bucket` for a change of existence or state.
+    fn store_state(&mut self, bucket: &str, info: Option<BucketInfo>) {
+        self.state_changes
+            .insert(bucket.to_owned(), info.as_ref().map(|i| i.state));
+        self.cache.insert(bucket.to_owned(), info);
+    }
+
     fn current(&self, bucket: &str, key: &[u8], row: &[u8]) -> Result<Option<Record>> {
         match self.records.get(row).doing("reading a record")? {
             Some(v) => decode_record(bucket, key, v.value()).map(Some),
@@ -215,14 +226,14 @@ impl<'t> Writer<'t> {
                 bucket: bucket.to_owned(),
             });
         }
-        self.store_bucket(bucket, BucketInfo::new(stamp.rev));
+        self.store_state(bucket, Some(BucketInfo::new(stamp.rev)));
         Ok(Applied::Done)
     }
 
     fn drop_bucket(&mut self, bucket: &str) -> Result<Applied> {
         let info = self.user_bucket(bucket)?;
         self.remove_rows(bucket)?;
-        self.cache.insert(bucket.to_owned(), None);
+        self.store_state(bucket, None);
         Ok(Applied::Dropped {
             records: info.records,
             tombstones: info.tombstones,
@@ -249,7 +260,7 @@ impl<'t> Writer<'t> {
             });
         }
         info.state = to;
-        self.store_bucket(bucket, info);
+        self.store_state(bucket, Some(info));
         Ok(Applied::Done)
     }
 
@@ -428,7 +439,9 @@ impl<'t> Writer<'t> {
         };
         info.records = 0;
         info.tombstones = 0;
-        self.store_bucket(bucket, info);
+        // In the same entry, so that no read ever sees the bucket readable and empty.
+        info.state = BucketState::Paused;
+        self.store_state(bucket, Some(info));
         Ok(dropped)
     }
 

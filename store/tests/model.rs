@@ -319,7 +319,6 @@ impl Harness {
                     bucket: name.into(),
                 })
                 .unwrap();
-                self.set_state(name, BucketState::Paused);
                 self.set_state(name, BucketState::Resuming);
                 let mut reader = ArchiveReader::open(archive.as_slice()).unwrap();
                 while let Some(frame) = reader.next().unwrap() {
@@ -339,6 +338,7 @@ impl Harness {
                     bucket: name.into(),
                 })
                 .unwrap();
+                self.set_state(name, BucketState::Resuming);
                 self.set_state(name, BucketState::Active);
                 self.model.get_mut(name).unwrap().records.clear();
             }

@@ -888,7 +888,12 @@ fn hibernation_states_gate_reads_writes_and_data_ops() {
             tombstones: 1
         }
     );
-    t.state("b", BucketState::Paused).unwrap();
+    let state = t.store.read().unwrap().bucket_state("b").unwrap();
+    assert_eq!(
+        state,
+        BucketState::Paused,
+        "dropping the data ends the pause"
+    );
     assert!(matches!(
         t.store.get("b", b"k"),
         Err(Error::BucketPaused {
@@ -950,7 +955,7 @@ fn hibernation_states_gate_reads_writes_and_data_ops() {
     t.state("b", BucketState::Active).unwrap();
     t.put("b", "k", "after rollback");
     t.state("b", BucketState::Pausing).unwrap();
-    t.state("b", BucketState::Paused).unwrap();
+    t.apply(Op::DropBucketData { bucket: "b".into() }).unwrap();
     t.state("b", BucketState::Resuming).unwrap();
     t.state("b", BucketState::Paused).unwrap();
     assert!(t.store.check().unwrap().is_ok());

@@ -9,8 +9,11 @@
 //! | collect      | every tombstone (10% of records) via the index | full scan filtering a deleted flag      |
 //! | purge        | `Op::Purge` of 100 tombstones (guarded)        | 100 `remove`s in one transaction        |
 //!
-//! Both sides commit with `Durability::None`: an fsync costs the same for both and would hide
-//! the store's own work. Run with `cargo bench --bench store`.
+//! | put_durable  | 1 `Op::Put` in a durable (fsynced) transaction | 1 `insert` in a durable transaction     |
+//!
+//! All but `put_durable` commit with `Durability::None` on both sides: an fsync costs the same
+//! for both and would hide the store's own work; `put_durable` shows what a single durable
+//! write pays end to end. Run with `cargo bench --bench store`.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -38,13 +41,18 @@ struct Sides {
     store: Store,
     raw: Database,
     rev: Cell<u64>,
+    durable: bool,
 }
 
 impl Sides {
     fn new() -> Sides {
+        Sides::with(false)
+    }
+
+    fn with(durable: bool) -> Sides {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
-            durable: false,
+            durable,
             ..Config::new(dir.path().join("state.redb"))
         };
         let store = Store::open(config).unwrap();
@@ -57,6 +65,7 @@ impl Sides {
             store,
             raw,
             rev: Cell::new(0),
+            durable,
         };
         s.apply(vec![Op::CreateBucket { bucket: "b".into() }]);
         for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
@@ -92,7 +101,9 @@ impl Sides {
 
     fn raw_write(&self, f: impl FnOnce(&mut redb::Table<&[u8], &[u8]>)) {
         let mut txn = self.raw.begin_write().unwrap();
-        txn.set_durability(Durability::None).unwrap();
+        if !self.durable {
+            txn.set_durability(Durability::None).unwrap();
+        }
         {
             let mut t = txn.open_table(RAW).unwrap();
             f(&mut t);
@@ -195,6 +206,16 @@ fn benches(c: &mut Criterion) {
             |keys| s.raw_remove(keys),
             BatchSize::PerIteration,
         )
+    });
+    g.finish();
+    drop(s);
+
+    let s = Sides::with(true);
+    let mut g = c.benchmark_group("put_durable");
+    g.sample_size(30);
+    g.bench_function("metakv", |b| b.iter(|| s.apply(vec![put(next_keys(1)[0])])));
+    g.bench_function("raw_redb", |b| {
+        b.iter(|| s.raw_put(&next_keys(1), &[b'v'; 256]))
     });
     g.finish();
     drop(s);

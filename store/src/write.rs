@@ -282,21 +282,24 @@ impl<'t> Writer<'t> {
         }
         let mut info = self.writable(bucket)?;
         let row = keys::row(bucket, key);
-        let old = self.current(bucket, key, &row)?;
-        if !expectation_holds(expect, old.as_ref()) {
-            return Ok(Applied::Conflict {
-                current: old.map(|r| r.rev),
-            });
+        let (old, new) = self.replace_record(bucket, key, &row, |old| {
+            if !expectation_holds(expect, old) {
+                return None;
+            }
+            let live = old.filter(|r| !r.deleted);
+            Some(Record {
+                value: value.to_vec(),
+                rev: stamp.rev,
+                create_rev: live.map_or(stamp.rev, |r| r.create_rev),
+                version: live.map_or(1, |r| r.version + 1),
+                mtime_ms: stamp.time_ms,
+                deleted: false,
+            })
+        })?;
+        if new.is_none() {
+            let current = old.map(|r| r.rev);
+            return Ok(Applied::Conflict { current });
         }
-        let live = old.as_ref().filter(|r| !r.deleted);
-        let record = Record {
-            value: value.to_vec(),
-            rev: stamp.rev,
-            create_rev: live.map_or(stamp.rev, |r| r.create_rev),
-            version: live.map_or(1, |r| r.version + 1),
-            mtime_ms: stamp.time_ms,
-            deleted: false,
-        };
         match &old {
             None => info.records += 1,
             Some(r) if r.deleted => {
@@ -308,7 +311,7 @@ impl<'t> Writer<'t> {
             }
             Some(_) => {}
         }
-        self.write_record(bucket, key, &row, old.as_ref(), &record)?;
+        self.move_change(bucket, key, old.map(|r| r.rev), stamp.rev)?;
         self.store_bucket(bucket, info);
         Ok(Applied::Written { rev: stamp.rev })
     }
@@ -323,56 +326,83 @@ impl<'t> Writer<'t> {
         check_key(bucket, key)?;
         let mut info = self.writable(bucket)?;
         let row = keys::row(bucket, key);
-        let old = self.current(bucket, key, &row)?;
-        if !expectation_holds(expect, old.as_ref()) {
-            return Ok(Applied::Conflict {
-                current: old.map(|r| r.rev),
-            });
-        }
-        let Some(live) = old.as_ref().filter(|r| !r.deleted) else {
+        let (old, new) = self.replace_record(bucket, key, &row, |old| {
+            if !expectation_holds(expect, old) {
+                return None;
+            }
+            let live = old.filter(|r| !r.deleted)?;
+            Some(Record {
+                value: Vec::new(),
+                rev: stamp.rev,
+                create_rev: live.create_rev,
+                version: live.version + 1,
+                mtime_ms: stamp.time_ms,
+                deleted: true,
+            })
+        })?;
+        if new.is_none() {
+            if !expectation_holds(expect, old.as_ref()) {
+                let current = old.map(|r| r.rev);
+                return Ok(Applied::Conflict { current });
+            }
             return Ok(Applied::NotFound);
-        };
-        let tombstone = Record {
-            value: Vec::new(),
-            rev: stamp.rev,
-            create_rev: live.create_rev,
-            version: live.version + 1,
-            mtime_ms: stamp.time_ms,
-            deleted: true,
-        };
+        }
         info.records -= 1;
         info.tombstones += 1;
         self.tombstones
             .insert(row.as_slice(), (stamp.rev, stamp.time_ms))
             .doing("writing a tombstone")?;
-        self.write_record(bucket, key, &row, old.as_ref(), &tombstone)?;
+        self.move_change(bucket, key, old.map(|r| r.rev), stamp.rev)?;
         self.store_bucket(bucket, info);
         Ok(Applied::Written { rev: stamp.rev })
     }
 
-    /// Writes `record` over `old` at `row`, moving the key's changes row to the new revision.
-    fn write_record(
+    /// Reads the record at `row` and, when `next` makes a new one of it, writes that in its
+    /// place. Returns the old record and the one written, if any.
+    ///
+    /// One tree traversal serves both: redb's `get_mut` makes the leaf writable and lets the
+    /// value be replaced where it is, while a `get` and then an `insert` would each walk the
+    /// tree and read the same (often uncached) leaf, which measured as most of a put's cost.
+    fn replace_record(
         &mut self,
         bucket: &str,
         key: &[u8],
         row: &[u8],
-        old: Option<&Record>,
-        record: &Record,
-    ) -> Result<()> {
+        next: impl FnOnce(Option<&Record>) -> Option<Record>,
+    ) -> Result<(Option<Record>, Option<Record>)> {
+        let mut slot = self.records.get_mut(row).doing("reading a record")?;
+        let old = match &slot {
+            Some(guard) => Some(decode_record(bucket, key, guard.value())?),
+            None => None,
+        };
+        let Some(record) = next(old.as_ref()) else {
+            return Ok((old, None));
+        };
         let bytes = record.encode();
         // IMPORTANT: check the sealed bytes right before they are written, so a bug in encoding
         // cannot put a record on disk that the next read would call corrupt.
-        debug_assert_eq!(Record::decode(&bytes).as_ref(), Ok(record));
-        self.records
-            .insert(row, bytes.as_slice())
-            .doing("writing a record")?;
+        debug_assert_eq!(Record::decode(&bytes).as_ref(), Ok(&record));
+        match slot.as_mut() {
+            Some(guard) => guard.insert(bytes.as_slice()).doing("writing a record")?,
+            None => {
+                drop(slot);
+                self.records
+                    .insert(row, bytes.as_slice())
+                    .doing("writing a record")?;
+            }
+        }
+        Ok((old, Some(record)))
+    }
+
+    /// Moves the key's changes row from its old revision (if any) to `rev`.
+    fn move_change(&mut self, bucket: &str, key: &[u8], old: Option<u64>, rev: u64) -> Result<()> {
         if let Some(old) = old {
             self.changes
-                .remove(keys::change(bucket, old.rev).as_slice())
+                .remove(keys::change(bucket, old).as_slice())
                 .doing("moving a change")?;
         }
         self.changes
-            .insert(keys::change(bucket, record.rev).as_slice(), key)
+            .insert(keys::change(bucket, rev).as_slice(), key)
             .doing("writing a change")?;
         Ok(())
     }
@@ -526,7 +556,11 @@ impl<'t> Writer<'t> {
             } else {
                 info.records += 1;
             }
-            self.write_record(bucket, key, &row, old.as_ref(), record)?;
+            let bytes = record.encode();
+            self.records
+                .insert(row.as_slice(), bytes.as_slice())
+                .doing("restoring a record")?;
+            self.move_change(bucket, key, old.map(|r| r.rev), record.rev)?;
         }
         self.store_bucket(bucket, info);
         Ok(Applied::Restored {

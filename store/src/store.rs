@@ -445,18 +445,16 @@ impl ReadView {
         let table = self.txn.open_table(RECORDS).doing("opening records")?;
         let range = keys::bucket_range(bucket, &scan.prefix, scan.after.as_deref());
         let mut items = Vec::new();
-        let mut scanned = 0;
         let mut last = None;
-        for row in table
+        let rows = table
             .range::<&[u8]>(as_slices(&range))
-            .doing("scanning records")?
-        {
+            .doing("scanning records")?;
+        for (scanned, row) in rows.enumerate() {
             let (k, v) = row.doing("scanning records")?;
             let key = &k.value()[bucket.len() + 1..];
             if items.len() == scan.limit || scanned == PAGE_ROWS_SCANNED_MAX {
                 return Ok(ScanPage { items, next: last });
             }
-            scanned += 1;
             let record = decode_record(bucket, key, v.value())?;
             last = Some(key.to_vec());
             if scan.include_tombstones || !record.deleted {
@@ -497,11 +495,10 @@ impl ReadView {
         };
         let start = keys::change(bucket, from_rev);
         let end = keys::row(bucket, &[0xff; 9]); // above every 8-byte revision
-        let mut scanned = 0;
-        for row in changes
+        let rows = changes
             .range::<&[u8]>(start.as_slice()..end.as_slice())
-            .doing("reading changes")?
-        {
+            .doing("reading changes")?;
+        for (scanned, row) in rows.enumerate() {
             let (k, v) = row.doing("reading changes")?;
             if events.len() == limit || scanned == PAGE_ROWS_SCANNED_MAX {
                 return Ok(Changes::Events {
@@ -510,7 +507,6 @@ impl ReadView {
                     more: true,
                 });
             }
-            scanned += 1;
             let rev = keys::change_rev(&k.value()[bucket.len() + 1..]).ok_or_else(|| {
                 Error::CorruptIndex {
                     table: "changes",
@@ -573,14 +569,12 @@ impl ReadView {
         }
         .doing("reading tombstones")?;
         let mut items = Vec::new();
-        let mut scanned = 0;
         let mut last: Option<(String, Vec<u8>)> = None;
-        for row in range {
+        for (scanned, row) in range.enumerate() {
             let (k, v) = row.doing("reading tombstones")?;
             if items.len() == query.limit || scanned == PAGE_ROWS_SCANNED_MAX {
                 return Ok(TombstonePage { items, next: last });
             }
-            scanned += 1;
             let (bucket, key) = keys::split(k.value()).ok_or_else(|| Error::CorruptIndex {
                 table: "tombstones",
                 reason: "a key without a bucket".to_owned(),

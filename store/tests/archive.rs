@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 
 use metakv_store::*;
 
+mod common;
+use common::dump;
+
 fn stamp(rev: u64) -> Stamp {
     Stamp { rev, time_ms: rev }
 }
@@ -72,37 +75,6 @@ fn filled(dir: &std::path::Path, name: &str) -> Store {
         })
         .unwrap();
     store
-}
-
-/// Everything observable: bucket rows, every record with tombstones, meta, the last revision.
-fn dump(
-    store: &Store,
-) -> (
-    Vec<(String, BucketInfo)>,
-    BTreeMap<(String, Vec<u8>), Record>,
-    Option<Vec<u8>>,
-    u64,
-) {
-    let view = store.read().unwrap();
-    let buckets = view.buckets().unwrap();
-    let mut records = BTreeMap::new();
-    for (b, _) in &buckets {
-        let mut scan = Scan {
-            limit: PAGE_ITEMS_MAX,
-            include_tombstones: true,
-            ..Scan::all()
-        };
-        loop {
-            let page = view.scan(b, &scan).unwrap();
-            records.extend(page.items.into_iter().map(|(k, r)| ((b.clone(), k), r)));
-            match page.next {
-                Some(n) => scan.after = Some(n),
-                None => break,
-            }
-        }
-    }
-    let last = store.write(|w| Ok(w.last_rev())).unwrap();
-    (buckets, records, view.meta("raft.applied").unwrap(), last)
 }
 
 #[test]
@@ -200,8 +172,8 @@ fn bucket_archive_restores_through_ops() {
         next(),
     )
     .unwrap();
-    let (_, src_records, _, _) = dump(&src);
-    let (_, dst_records, _, _) = dump(&dst);
+    let src_records = dump(&src).records;
+    let dst_records = dump(&dst).records;
     let users = |m: BTreeMap<(String, Vec<u8>), Record>| {
         m.into_iter()
             .filter(|((b, _), _)| b == "users")

@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 
 use metakv_store::*;
+
+mod common;
+use common::dump;
 use tempfile::TempDir;
 
 struct T {
@@ -72,9 +75,6 @@ impl T {
             .unwrap()
             .get(b, k.as_bytes(), true)
             .unwrap()
-    }
-    fn last_rev(&self) -> u64 {
-        self.store.write(|w| Ok(w.last_rev())).unwrap()
     }
 }
 
@@ -274,46 +274,16 @@ fn expectations_are_answers_not_errors() {
     assert_eq!(t.get("b", "k").unwrap().value, b"4");
 }
 
-/// The store as a comparable value: every bucket row, every record, and the last revision.
-fn dump(
-    t: &T,
-) -> (
-    Vec<(String, BucketInfo)>,
-    BTreeMap<(String, Vec<u8>), Record>,
-    u64,
-) {
-    let view = t.store.read().unwrap();
-    let buckets = view.buckets().unwrap();
-    let mut records = BTreeMap::new();
-    for (b, info) in &buckets {
-        if !info.state.allows_reads() {
-            continue;
-        }
-        let mut scan = Scan::all();
-        scan.include_tombstones = true;
-        loop {
-            let page = view.scan(b, &scan).unwrap();
-            for (k, r) in page.items {
-                records.insert((b.clone(), k), r);
-            }
-            match page.next {
-                Some(n) => scan.after = Some(n),
-                None => break,
-            }
-        }
-    }
-    (buckets, records, t.last_rev())
-}
-
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let mut t = T::with(|c| c.value_bytes_max = 100);
     t.bucket("b");
     t.put("b", "k", "v");
     t.del("b", "k");
-    let before = dump(&t);
+    let before = dump(&t.store);
     let long_key = vec![b'x'; KEY_BYTES_MAX + 1];
-    let refused: Vec<(Op, fn(&Error) -> bool)> = vec![
+    type IsExpected = fn(&Error) -> bool;
+    let refused: Vec<(Op, IsExpected)> = vec![
         (
             Op::Put {
                 bucket: "b".into(),
@@ -414,7 +384,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert!(is_expected(&err), "{op:?} gave {err}");
         assert!(!err.is_fatal());
         assert!(!err.to_string().is_empty());
-        assert_eq!(dump(&t), before, "{op:?} changed the store");
+        assert_eq!(dump(&t.store), before, "{op:?} changed the store");
     }
     // A stale revision is refused too.
     let stale = Stamp { rev: 2, time_ms: 0 };
@@ -422,7 +392,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         t.store.apply(&put("b", "z", "v", Expect::Any), stale),
         Err(Error::StaleRevision { rev: 2, last: 3 })
     ));
-    assert_eq!(dump(&t), before);
+    assert_eq!(dump(&t.store), before);
     // Reads check their input too.
     assert!(matches!(t.store.get("b", b""), Err(Error::KeyEmpty { .. })));
     assert!(matches!(
@@ -490,7 +460,7 @@ fn a_batch_is_one_transaction() {
     assert_eq!(answers[2], Ok(Applied::Written { rev: 12 }));
     assert_eq!(t.store.bucket("b").unwrap().records, 2);
     // A batch whose closure fails commits nothing.
-    let before = dump(&t);
+    let before = dump(&t.store);
     let err = t.store.write(|w| {
         w.apply(
             &put("b", "z", "1", Expect::Any),
@@ -508,7 +478,7 @@ fn a_batch_is_one_transaction() {
         )
     });
     assert!(err.is_err());
-    assert_eq!(dump(&t), before);
+    assert_eq!(dump(&t.store), before);
 }
 
 #[test]
@@ -996,14 +966,14 @@ fn reopen_keeps_everything_and_refuses_another_format() {
         t.put("b", "k", "v");
         t.del("b", "k");
         t.put("b", "j", "v");
-        dump(&t)
+        dump(&t.store)
     };
     let t = T {
         store: Store::open(Config::new(&path)).unwrap(),
         _dir: tempfile::tempdir().unwrap(),
         rev: 0,
     };
-    assert_eq!(dump(&t), before);
+    assert_eq!(dump(&t.store), before);
     drop(t);
     // Rewrite the format version as if a future build had written the file.
     {
@@ -1100,8 +1070,7 @@ fn compaction_shrinks_the_file_and_keeps_the_data() {
     }
     drop(view);
     assert_eq!(items.len() as u64, n - 100);
-    let mut rev = 10 + 2 * n;
-    for chunk in items.chunks(BATCH_ITEMS_MAX) {
+    for (rev, chunk) in (10 + 2 * n..).zip(items.chunks(BATCH_ITEMS_MAX)) {
         t.store
             .apply(
                 &Op::Purge {
@@ -1110,14 +1079,13 @@ fn compaction_shrinks_the_file_and_keeps_the_data() {
                 Stamp { rev, time_ms: 0 },
             )
             .unwrap();
-        rev += 1;
     }
-    let before = dump(&t);
+    let before = dump(&t.store);
     let sizes = t.store.sizes().unwrap();
     assert!(sizes.in_use_bytes < sizes.file_bytes, "{sizes:?}");
     let report = t.store.compact().unwrap();
     assert!(report.bytes_after < report.bytes_before / 4, "{report:?}");
     assert_eq!(report.bytes_after, t.store.sizes().unwrap().file_bytes);
-    assert_eq!(dump(&t), before);
+    assert_eq!(dump(&t.store), before);
     assert!(t.store.check().unwrap().is_ok());
 }

@@ -1,5 +1,16 @@
-//! `metakv-raft`: replication of the store through openraft — the log store on redb
-//! (`raft-log.redb`), the state machine over `metakv-store`, and the TCP transport.
+//! `metakv-raft`: replication of the store through openraft.
+//!
+//! - [`types`]: the openraft type configuration, [`Command`] and [`Response`].
+//! - [`LogStore`]: the Raft log on redb (`raft-log.redb`), with group commit.
+//! - [`StateMachine`]: `metakv-store` applied from the log; snapshots in the archive format.
 //!
 //! This crate depends on `metakv-store` only; it knows nothing of GC or hibernation.
 #![forbid(unsafe_code)]
+
+mod log_store;
+mod state_machine;
+pub mod types;
+
+pub use log_store::{LOG_FORMAT, LogStore};
+pub use state_machine::{META_APPLIED, META_MEMBERSHIP, SharedStore, SnapshotFile, StateMachine};
+pub use types::{Command, NodeAddr, Rejection, RejectionKind, Response, TypeConfig};

@@ -227,6 +227,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Makes every commit so far durable (one fsync). A store opened with `durable: false`
+    /// commits without fsync; a caller that can replay lost commits (the Raft layer, from its
+    /// log) calls this before it relies on them, for example before building a snapshot that
+    /// lets it drop log entries.
+    pub fn sync(&self) -> Result<()> {
+        let txn = self.db.begin_write().doing("beginning a sync")?;
+        txn.commit().doing("syncing the store")
+    }
+
     /// Applies one op in its own transaction.
     pub fn apply(&self, op: &crate::Op, stamp: crate::Stamp) -> Result<crate::Applied> {
         self.write(|w| w.apply(op, stamp))

@@ -1,0 +1,301 @@
+//! The Raft log on redb: `raft-log.redb`, a file of its own beside `state.redb`.
+//!
+//! ```text
+//!  table `log`:   index (u64) -> sealed entry (format LOG_FORMAT: version | postcard | crc32)
+//!  table `meta`:  "vote" | "last_purged" | "committed" -> sealed value
+//! ```
+//!
+//! What correctness needs, and how each is met:
+//! - Entries are consecutive, with no hole: `append` writes what openraft gives it, in order;
+//!   `truncate_after` and `purge` remove a suffix or a prefix only.
+//! - `append` is durable before its callback fires: each append commits without fsync (so its
+//!   entries are readable at once), then hands its callback to the flusher thread, which makes
+//!   every commit made so far durable with one fsync and then fires every callback it holds.
+//!   Appends that arrive during an fsync share the next one: group commit.
+//! - `save_vote` is durable before it returns.
+//! - `purge` persists `last_purged` and removes the entries in one durable transaction, so the
+//!   log never shows a hole below a stale `last_purged`.
+//! - No redb call runs on an async task: each runs on tokio's blocking pool or the flusher.
+//!
+//! A failed fsync is fatal: the error reaches openraft, which stops the node. It is never
+//! retried, since the page cache may have dropped the data it failed to write.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use metakv_store::codec;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Format of a sealed log entry or meta value. A change to `Command` or to openraft's entry
+/// layout is a change of this format.
+pub const LOG_FORMAT: u8 = 1;
+const VOTE: &str = "vote";
+const LAST_PURGED: &str = "last_purged";
+const COMMITTED: &str = "committed";
+
+/// The log store; cheap to clone (readers share the file).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+    flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+fn other(doing: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("raft log: {doing}: {e}"))
+}
+
+fn seal<T: Serialize>(v: &T) -> Vec<u8> {
+    codec::seal(LOG_FORMAT, v)
+}
+
+fn unseal<T: Serialize + DeserializeOwned>(what: &str, b: &[u8]) -> io::Result<T> {
+    codec::unseal(LOG_FORMAT, b)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("raft log: {what}: {e}")))
+}
+
+/// Runs blocking redb work off the async task.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| other("blocking task", e))?
+}
+
+impl LogStore {
+    /// Opens (or creates) the log file and starts its flusher thread, which ends when the last
+    /// clone of the store is dropped.
+    pub fn open(path: &Path) -> io::Result<LogStore> {
+        let db = Database::builder()
+            .set_cache_size(16 << 20)
+            .create(path)
+            .map_err(|e| other("opening the file", e))?;
+        let txn = db.begin_write().map_err(|e| other("creating tables", e))?;
+        txn.open_table(LOG)
+            .map_err(|e| other("creating tables", e))?;
+        txn.open_table(META)
+            .map_err(|e| other("creating tables", e))?;
+        txn.commit().map_err(|e| other("creating tables", e))?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        let flush_db = Arc::clone(&db);
+        std::thread::Builder::new()
+            .name("metakv-log-flush".into())
+            .spawn(move || flush_loop(&flush_db, rx))
+            .map_err(|e| other("starting the flusher", e))?;
+        Ok(LogStore { db, flusher: tx })
+    }
+
+    fn meta<T: Serialize + DeserializeOwned>(db: &Database, key: &str) -> io::Result<Option<T>> {
+        let txn = db.begin_read().map_err(|e| other("reading meta", e))?;
+        let table = txn.open_table(META).map_err(|e| other("reading meta", e))?;
+        let v = table.get(key).map_err(|e| other("reading meta", e))?;
+        v.map(|v| unseal(key, v.value())).transpose()
+    }
+
+    fn write(
+        db: &Database,
+        durable: bool,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> io::Result<()> {
+        let mut txn = db
+            .begin_write()
+            .map_err(|e| other("beginning a write", e))?;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| other("setting durability", e))?;
+        }
+        f(&txn).map_err(|e| other("writing", e))?;
+        txn.commit().map_err(|e| other("committing", e))
+    }
+}
+
+/// Makes every commit so far durable, once per batch of waiting callbacks.
+fn flush_loop(db: &Database, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let result = (|| {
+            let txn = db
+                .begin_write()
+                .map_err(|e| other("beginning a flush", e))?;
+            txn.commit().map_err(|e| other("fsync", e))
+        })();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log flush failed; the node must stop");
+        }
+        for cb in waiting {
+            cb.io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+            );
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let db = Arc::clone(&self.db);
+        let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
+        blocking(move || {
+            let txn = db.begin_read().map_err(|e| other("reading entries", e))?;
+            let table = txn
+                .open_table(LOG)
+                .map_err(|e| other("reading entries", e))?;
+            let mut out = Vec::new();
+            for row in table
+                .range::<u64>((start, end))
+                .map_err(|e| other("reading entries", e))?
+            {
+                let (k, v) = row.map_err(|e| other("reading entries", e))?;
+                let entry: Entry = unseal("entry", v.value())?;
+                if entry.log_id.index != k.value() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "raft log: entry at {} says index {}",
+                            k.value(),
+                            entry.log_id.index
+                        ),
+                    ));
+                }
+                out.push(entry);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || LogStore::meta(&db, VOTE)).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let last_purged: Option<LogId> = LogStore::meta(&db, LAST_PURGED)?;
+            let txn = db
+                .begin_read()
+                .map_err(|e| other("reading the log state", e))?;
+            let table = txn
+                .open_table(LOG)
+                .map_err(|e| other("reading the log state", e))?;
+            let last = match table
+                .last()
+                .map_err(|e| other("reading the log state", e))?
+            {
+                Some((_, v)) => Some(unseal::<Entry>("entry", v.value())?.log_id),
+                None => None,
+            };
+            Ok(LogState {
+                last_log_id: last.or_else(|| last_purged.clone()),
+                last_purged_log_id: last_purged,
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let (db, bytes) = (Arc::clone(&self.db), seal(vote));
+        blocking(move || {
+            LogStore::write(&db, true, |txn| {
+                txn.open_table(META)?.insert(VOTE, bytes.as_slice())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        // Not fsynced: a committed index lost in a crash is learned again from the leader.
+        let (db, bytes) = (Arc::clone(&self.db), seal(&committed));
+        blocking(move || {
+            LogStore::write(&db, false, |txn| {
+                txn.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || Ok(LogStore::meta::<Option<LogId>>(&db, COMMITTED)?.flatten())).await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let rows: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.log_id.index, seal(&e)))
+            .collect();
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            LogStore::write(&db, false, |txn| {
+                let mut table = txn.open_table(LOG)?;
+                for (index, bytes) in &rows {
+                    table.insert(index, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        self.flusher
+            .send(callback)
+            .map_err(|_| other("append", "the flusher has stopped"))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            LogStore::write(&db, true, |txn| {
+                txn.open_table(LOG)?.retain_in(from.., |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        let (db, bytes, upto) = (Arc::clone(&self.db), seal(&log_id), log_id.index);
+        blocking(move || {
+            LogStore::write(&db, true, |txn| {
+                txn.open_table(META)?
+                    .insert(LAST_PURGED, bytes.as_slice())?;
+                txn.open_table(LOG)?.retain_in(..=upto, |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}

@@ -203,7 +203,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let batch: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
-        let Some(last) = batch.last().map(|(e, _)| e.log_id.clone()) else {
+        let Some(last) = batch.last().map(|(e, _)| e.log_id) else {
             return Ok(());
         };
         let (entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
@@ -229,10 +229,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 }
                             }
                             EntryPayload::Membership(m) => {
-                                membership = Some(StoredMembership::new(
-                                    Some(entry.log_id.clone()),
-                                    m.clone(),
-                                ));
+                                membership =
+                                    Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                                 Response::Applied(Applied::Done)
                             }
                             EntryPayload::Blank => Response::Applied(Applied::Done),

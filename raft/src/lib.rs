@@ -8,9 +8,12 @@
 #![forbid(unsafe_code)]
 
 mod log_store;
+pub mod network;
+pub mod server;
 mod state_machine;
 pub mod types;
+pub mod wire;
 
 pub use log_store::{LOG_FORMAT, LogStore};
 pub use state_machine::{META_APPLIED, META_MEMBERSHIP, SharedStore, SnapshotFile, StateMachine};
-pub use types::{Command, NodeAddr, Rejection, RejectionKind, Response, TypeConfig};
+pub use types::{Command, NodeAddr, Raft, Rejection, RejectionKind, Response, TypeConfig};

@@ -273,6 +273,6 @@ async fn dispatch(
         Request::Service { service, payload } => services
             .call(from, service, payload)
             .await
-            .map_or_else(|e| Reply::Failed(e), Reply::Service),
+            .map_or_else(Reply::Failed, Reply::Service),
     })
 }

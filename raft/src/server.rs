@@ -61,7 +61,7 @@ pub async fn serve(
                     tokio::spawn(async move {
                         tokio::select! {
                             _ = connection(tcp, id, raft, config, services) => {}
-                            _ = stop.wait_for(|s| *s) => {}
+                            _ = async { let _ = stop.wait_for(|s| *s).await; } => {}
                         }
                         tracing::debug!(%peer, "connection closed");
                     });
@@ -71,7 +71,7 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
     }
 }

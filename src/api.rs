@@ -1,0 +1,326 @@
+//! The client API: its messages (the `client` service of the transport) and [`Kv`], the typed
+//! operations that [`Node`](crate::Node) and [`Client`](crate::Client) both offer.
+
+use metakv_raft::Response;
+use metakv_store::{Applied, BucketInfo, Expect, Op, Record};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Name of the client service on the transport.
+pub const CLIENT_SERVICE: &str = "client";
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began, on any node (a read index
+    /// through the leader).
+    #[default]
+    Linearizable,
+    /// This node's copy as it is: may lag behind the leader, answers during a partition.
+    Local,
+}
+
+/// A request to the client service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Any op, through the Raft log (a follower forwards it to the leader).
+    Write(Op),
+    Get {
+        bucket: String,
+        key: Vec<u8>,
+        include_tombstones: bool,
+        consistency: Consistency,
+    },
+    Scan {
+        bucket: String,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        include_tombstones: bool,
+        consistency: Consistency,
+    },
+    /// The bucket's changes after a revision, from this node's copy.
+    Changes {
+        bucket: String,
+        prefix: Vec<u8>,
+        after_rev: u64,
+        limit: u32,
+    },
+    Bucket {
+        bucket: String,
+        consistency: Consistency,
+    },
+    Buckets {
+        consistency: Consistency,
+    },
+    Status,
+    /// Adds node `id` at `addr`: as a learner, caught up, then as a voter.
+    Join {
+        id: u64,
+        addr: String,
+    },
+    /// Removes node `id` from the voters.
+    Remove {
+        id: u64,
+    },
+}
+
+/// The changes of a bucket after a revision (see `metakv_store::ReadView::changes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangesPage {
+    Events {
+        events: Vec<(Vec<u8>, Record)>,
+        next_after_rev: u64,
+        more: bool,
+    },
+    Compacted {
+        floor: u64,
+    },
+}
+
+/// A page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanPage {
+    pub items: Vec<(Vec<u8>, Record)>,
+    pub next: Option<Vec<u8>>,
+}
+
+/// What a node reports of itself and of the cluster as it sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub addr: String,
+    pub role: Role,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub members: Vec<Member>,
+    /// Bytes of `state.redb` and `raft-log.redb`.
+    pub state_file_bytes: u64,
+    pub log_file_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// The answer of the client service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    Applied(Applied),
+    Record(Option<Record>),
+    Page(ScanPage),
+    Changes(ChangesPage),
+    Bucket(BucketInfo),
+    Buckets(Vec<(String, BucketInfo)>),
+    Status(NodeStatus),
+    Done,
+    Error(Error),
+}
+
+pub(crate) fn applied(response: Response) -> Result<Applied> {
+    match response {
+        Response::Applied(a) => Ok(a),
+        Response::Rejected(r) => Err(Error::Rejected(r)),
+    }
+}
+
+fn unexpected<T>(reply: ClientReply) -> Result<T> {
+    match reply {
+        ClientReply::Error(e) => Err(e),
+        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// The typed client operations, over any way of reaching a cluster.
+#[allow(async_fn_in_trait)]
+pub trait Kv {
+    /// Sends one request and waits for its reply.
+    async fn request(&self, request: ClientRequest) -> Result<ClientReply>;
+
+    /// Applies any op through the log.
+    async fn write(&self, op: Op) -> Result<Applied> {
+        match self.request(ClientRequest::Write(op)).await? {
+            ClientReply::Applied(a) => Ok(a),
+            other => unexpected(other),
+        }
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> Result<()> {
+        self.write(Op::CreateBucket {
+            bucket: bucket.to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn drop_bucket(&self, bucket: &str) -> Result<Applied> {
+        self.write(Op::DropBucket {
+            bucket: bucket.to_owned(),
+        })
+        .await
+    }
+
+    /// Writes `value` under `key` if `expect` holds; `Applied::Written { rev }` or
+    /// `Applied::Conflict { current }`.
+    async fn put(&self, bucket: &str, key: &[u8], value: &[u8], expect: Expect) -> Result<Applied> {
+        self.write(Op::Put {
+            bucket: bucket.into(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+            expect,
+        })
+        .await
+    }
+
+    /// Deletes `key` (leaving a tombstone) if `expect` holds; `Applied::NotFound` if no live
+    /// record was there.
+    async fn delete(&self, bucket: &str, key: &[u8], expect: Expect) -> Result<Applied> {
+        self.write(Op::Delete {
+            bucket: bucket.into(),
+            key: key.to_vec(),
+            expect,
+        })
+        .await
+    }
+
+    /// The key's live record, linearizably.
+    async fn get(&self, bucket: &str, key: &[u8]) -> Result<Option<Record>> {
+        self.get_with(bucket, key, Consistency::Linearizable, false)
+            .await
+    }
+
+    async fn get_with(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        consistency: Consistency,
+        include_tombstones: bool,
+    ) -> Result<Option<Record>> {
+        match self
+            .request(ClientRequest::Get {
+                bucket: bucket.into(),
+                key: key.to_vec(),
+                include_tombstones,
+                consistency,
+            })
+            .await?
+        {
+            ClientReply::Record(r) => Ok(r),
+            other => unexpected(other),
+        }
+    }
+
+    async fn scan(
+        &self,
+        bucket: &str,
+        prefix: &[u8],
+        after: Option<Vec<u8>>,
+        limit: u32,
+        include_tombstones: bool,
+        consistency: Consistency,
+    ) -> Result<ScanPage> {
+        let req = ClientRequest::Scan {
+            bucket: bucket.into(),
+            prefix: prefix.to_vec(),
+            after,
+            limit,
+            include_tombstones,
+            consistency,
+        };
+        match self.request(req).await? {
+            ClientReply::Page(p) => Ok(p),
+            other => unexpected(other),
+        }
+    }
+
+    async fn changes(
+        &self,
+        bucket: &str,
+        prefix: &[u8],
+        after_rev: u64,
+        limit: u32,
+    ) -> Result<ChangesPage> {
+        match self
+            .request(ClientRequest::Changes {
+                bucket: bucket.into(),
+                prefix: prefix.to_vec(),
+                after_rev,
+                limit,
+            })
+            .await?
+        {
+            ClientReply::Changes(c) => Ok(c),
+            other => unexpected(other),
+        }
+    }
+
+    async fn bucket(&self, bucket: &str) -> Result<BucketInfo> {
+        match self
+            .request(ClientRequest::Bucket {
+                bucket: bucket.into(),
+                consistency: Consistency::Linearizable,
+            })
+            .await?
+        {
+            ClientReply::Bucket(b) => Ok(b),
+            other => unexpected(other),
+        }
+    }
+
+    async fn buckets(&self) -> Result<Vec<(String, BucketInfo)>> {
+        match self
+            .request(ClientRequest::Buckets {
+                consistency: Consistency::Linearizable,
+            })
+            .await?
+        {
+            ClientReply::Buckets(b) => Ok(b),
+            other => unexpected(other),
+        }
+    }
+
+    /// The answering node's status.
+    async fn status(&self) -> Result<NodeStatus> {
+        match self.request(ClientRequest::Status).await? {
+            ClientReply::Status(s) => Ok(s),
+            other => unexpected(other),
+        }
+    }
+
+    /// Adds a node: learner first, promoted to voter once it has caught up.
+    async fn add_node(&self, id: u64, addr: &str) -> Result<()> {
+        match self
+            .request(ClientRequest::Join {
+                id,
+                addr: addr.into(),
+            })
+            .await?
+        {
+            ClientReply::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    async fn remove_node(&self, id: u64) -> Result<()> {
+        match self.request(ClientRequest::Remove { id }).await? {
+            ClientReply::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
+}

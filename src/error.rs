@@ -1,0 +1,51 @@
+//! The facade's error: what a caller of `Node` or `Client` can get back.
+
+use metakv_raft::{Rejection, RejectionKind};
+use serde::{Deserialize, Serialize};
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Error {
+    /// The op was refused and changed nothing: bad input, unknown or paused bucket...
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// No leader could be reached in time, or the node is shutting down; the request may or may
+    /// not have been applied if it was a write that timed out.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The node asked is not the leader (and was asked not to forward); `leader` is the one
+    /// it knows of. Safe to retry elsewhere: nothing was proposed.
+    #[error("node is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// A node's storage failed; that node stops.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The request or reply did not make sense (a version mismatch, a bug).
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    pub fn rejection_kind(&self) -> Option<RejectionKind> {
+        match self {
+            Error::Rejected(r) => Some(r.kind),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_store(e: metakv_store::Error) -> Error {
+        match Rejection::from_store(&e) {
+            Some(r) => Error::Rejected(r),
+            None => Error::Storage(e.to_string()),
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Error {
+        Error::Rejected(Rejection {
+            kind: RejectionKind::Invalid,
+            message: message.into(),
+        })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

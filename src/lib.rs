@@ -1,0 +1,22 @@
+//! metakv: an embedded, Raft-replicated key-value store for small, precious records.
+//!
+//! - [`Node`]: a node inside an application: its own copy of the data in redb, replicated
+//!   through openraft over TCP.
+//! - [`Client`]: the same operations ([`Kv`]) from another process, through any node.
+//! - [`metakv_store`]: the record store underneath, usable on its own.
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod client;
+mod error;
+mod node;
+mod pool;
+
+pub use api::{
+    ChangesPage, ClientReply, ClientRequest, Consistency, Kv, Member, NodeStatus, Role, ScanPage,
+};
+pub use client::Client;
+pub use error::{Error, Result};
+pub use metakv_raft::{Rejection, RejectionKind};
+pub use metakv_store::{self as store, Applied, BucketInfo, BucketState, Expect, Op, Record};
+pub use node::{Node, NodeConfig};

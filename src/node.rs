@@ -1,0 +1,575 @@
+//! [`Node`]: one metakv node inside an application.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use metakv_raft::network::Network;
+use metakv_raft::server::{ServerConfig, Services, serve};
+use metakv_raft::{Command, LogStore, NodeAddr, Raft, SharedStore, StateMachine};
+use metakv_store::{Changes, Op, SYS_BUCKET, Scan, Store};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{
+    CLIENT_SERVICE, ChangesPage, ClientReply, ClientRequest, Consistency, Kv, Member, NodeStatus,
+    Role, ScanPage, applied,
+};
+use crate::error::{Error, Result};
+use crate::pool::{Pool, unavailable};
+
+/// How a node runs. [`NodeConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Holds `state.redb`, `raft-log.redb` and `snapshots/`. Created if missing.
+    pub data_dir: PathBuf,
+    /// Where to listen; port 0 picks a free port.
+    pub listen: String,
+    /// What other nodes dial; the bound listen address when `None`.
+    pub advertise: Option<String>,
+    /// Nodes and clients of another cluster id are refused at the handshake.
+    pub cluster_id: String,
+    /// A member of the cluster to join; `None` starts (or restarts) on the node's own files, and
+    /// a node with no files then initializes a single-node cluster.
+    pub join: Option<String>,
+    pub value_bytes_max: usize,
+    pub cache_bytes: usize,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is taken after this many log entries since the last one...
+    pub snapshot_logs_since_last: u64,
+    /// ...and this many entries before it are kept in the log for slow followers.
+    pub logs_kept_after_snapshot: u64,
+    /// How long a client request waits for a leader or a forwarded answer.
+    pub request_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(id: u64, data_dir: impl Into<PathBuf>, listen: impl Into<String>) -> NodeConfig {
+        NodeConfig {
+            id,
+            data_dir: data_dir.into(),
+            listen: listen.into(),
+            advertise: None,
+            cluster_id: "metakv".into(),
+            join: None,
+            value_bytes_max: metakv_store::VALUE_BYTES_MAX_DEFAULT,
+            cache_bytes: metakv_store::CACHE_BYTES_DEFAULT,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_logs_since_last: 20_000,
+            logs_kept_after_snapshot: 5_000,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running node. Cloning shares it; [`Node::shutdown`] stops it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: u64,
+    addr: String,
+    config: NodeConfig,
+    raft: Raft,
+    store: SharedStore,
+    pool: Pool,
+    stop: watch::Sender<bool>,
+    server: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The transport's view of the node: its client service.
+struct NodeServices(Weak<Inner>);
+
+impl Services for NodeServices {
+    fn call(
+        &self,
+        from: Option<u64>,
+        service: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, std::result::Result<Vec<u8>, String>> {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let node = Node {
+                inner: inner.upgrade().ok_or("the node is shutting down")?,
+            };
+            if service != CLIENT_SERVICE {
+                return Err(format!("no service {service:?} on this node"));
+            }
+            let request: ClientRequest = postcard::from_bytes(&payload)
+                .map_err(|e| format!("undecodable client request: {e}"))?;
+            let reply = match node.handle(request, from).await {
+                Ok(reply) => reply,
+                Err(e) => ClientReply::Error(e),
+            };
+            Ok(postcard::to_stdvec(&reply).expect("client replies encode"))
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> Error {
+    Error::Storage(format!("blocking task: {e}"))
+}
+
+impl Node {
+    /// Opens the node's files, starts Raft and the listener, and then: restarts on its files,
+    /// or initializes a single-node cluster (new node, no `join`), or joins `join`.
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        let io = |doing: &str, e: &dyn std::fmt::Display| Error::Storage(format!("{doing}: {e}"));
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| io("creating the data dir", &e))?;
+        let store_config = metakv_store::Config {
+            path: config.data_dir.join("state.redb"),
+            cache_bytes: config.cache_bytes,
+            value_bytes_max: config.value_bytes_max,
+            durable: false,
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+            .await
+            .map_err(blocking_err)?
+            .map_err(Error::from_store)?;
+        let store: SharedStore = Arc::new(RwLock::new(store));
+        let log = LogStore::open(&config.data_dir.join("raft-log.redb"))
+            .map_err(|e| io("opening the raft log", &e))?;
+        let sm = StateMachine::new(Arc::clone(&store), config.data_dir.join("snapshots"))
+            .map_err(|e| io("opening snapshots", &e))?;
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+        let addr = match &config.advertise {
+            Some(a) => a.clone(),
+            None => listener
+                .local_addr()
+                .map_err(|e| io("reading the listen address", &e))?
+                .to_string(),
+        };
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster_id.clone(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::invalid(format!("raft configuration: {e}")))?;
+        let network = Network {
+            cluster_id: config.cluster_id.clone(),
+            node_id: config.id,
+        };
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| io("starting raft", &e))?;
+        let (stop, stopped) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            id: config.id,
+            addr: addr.clone(),
+            pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
+            config: config.clone(),
+            raft: raft.clone(),
+            store,
+            stop,
+            server: std::sync::Mutex::new(None),
+        });
+        let server_config = Arc::new(ServerConfig {
+            cluster_id: config.cluster_id.clone(),
+            node_id: config.id,
+            spool_dir: config.data_dir.join("snapshots"),
+        });
+        let services = Arc::new(NodeServices(Arc::downgrade(&inner)));
+        let task = tokio::spawn(serve(
+            listener,
+            raft.clone(),
+            server_config,
+            services,
+            stopped,
+        ));
+        *inner
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        let node = Node { inner };
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| io("reading raft state", &e))?;
+        match (&config.join, initialized) {
+            (_, true) => tracing::info!(id = config.id, %addr, "node restarted on its files"),
+            (None, false) => {
+                let members = BTreeMap::from([(config.id, NodeAddr { addr: addr.clone() })]);
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("initializing: {e}")))?;
+                tracing::info!(id = config.id, %addr, "initialized a single-node cluster");
+            }
+            (Some(seed), false) => {
+                node.join_through(seed).await?;
+                tracing::info!(id = config.id, %addr, %seed, "joined the cluster");
+            }
+        }
+        Ok(node)
+    }
+
+    async fn join_through(&self, seed: &str) -> Result<()> {
+        let request = ClientRequest::Join {
+            id: self.inner.id,
+            addr: self.inner.addr.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout * 6;
+        loop {
+            let outcome = self
+                .inner
+                .pool
+                .client_call(seed, &request, self.inner.config.request_timeout * 6)
+                .await;
+            match outcome {
+                Ok(ClientReply::Done) => return Ok(()),
+                Ok(ClientReply::Error(Error::Unavailable(_) | Error::NotLeader { .. }))
+                | Err(_)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(ClientReply::Error(e)) => return Err(e),
+                Ok(other) => return Err(Error::Protocol(format!("join answered {other:?}"))),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The address other nodes and clients dial.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The openraft handle, for what the facade does not wrap.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The node's store (its local copy).
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// Stops Raft and the listener; the files are closed when the last clone is dropped.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let task = self
+            .inner
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let store = Arc::clone(&self.inner.store);
+        let _ = tokio::task::spawn_blocking(move || store.read().map(|s| s.sync().ok()).ok()).await;
+    }
+
+    /// Runs `f` on this node's copy of the store, on a blocking thread.
+    async fn local<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> metakv_store::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = Arc::clone(&self.inner.store);
+        tokio::task::spawn_blocking(move || {
+            f(&store
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner))
+        })
+        .await
+        .map_err(blocking_err)?
+        .map_err(Error::from_store)
+    }
+
+    /// Answers a client request; `from` is the node that forwarded it (it is not forwarded
+    /// again), `None` for a caller of this node.
+    pub(crate) async fn handle(
+        &self,
+        request: ClientRequest,
+        from: Option<u64>,
+    ) -> Result<ClientReply> {
+        if from.is_none() && touches_sys(&request) {
+            return Err(Error::Rejected(metakv_raft::Rejection {
+                kind: metakv_raft::RejectionKind::Invalid,
+                message: format!("bucket {SYS_BUCKET:?} is reserved for metakv's own records"),
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+        loop {
+            match self.try_handle(&request).await {
+                Err(Redirect(leader)) if from.is_some() => {
+                    return Err(Error::NotLeader {
+                        leader: leader.map(|(id, _)| id),
+                    });
+                }
+                Err(Redirect(Some((id, addr)))) if id != self.inner.id => {
+                    match self
+                        .inner
+                        .pool
+                        .client_call(&addr, &request, self.inner.config.request_timeout)
+                        .await
+                    {
+                        Ok(ClientReply::Error(Error::NotLeader { .. })) => {}
+                        Ok(reply) => return Ok(reply),
+                        Err(e) if e.is_connect() => {}
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                }
+                Err(Redirect(_)) => {}
+                Ok(reply) => return reply,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "no leader answered within {:?}",
+                    self.inner.config.request_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One attempt on this node; `Redirect` when the leader must answer.
+    async fn try_handle(
+        &self,
+        request: &ClientRequest,
+    ) -> std::result::Result<Result<ClientReply>, Redirect> {
+        let raft = &self.inner.raft;
+        Ok(match request.clone() {
+            ClientRequest::Write(op) => match raft
+                .client_write(Command {
+                    time_ms: now_ms(),
+                    op,
+                })
+                .await
+            {
+                Ok(resp) => applied(resp.data).map(ClientReply::Applied),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(redirect(f.leader_id, f.leader_node));
+                }
+                Err(e) => Err(Error::Unavailable(e.to_string())),
+            },
+            ClientRequest::Get {
+                bucket,
+                key,
+                include_tombstones,
+                consistency,
+            } => {
+                self.linearize(consistency).await?;
+                self.local(move |s| s.read()?.get(&bucket, &key, include_tombstones))
+                    .await
+                    .map(ClientReply::Record)
+            }
+            ClientRequest::Scan {
+                bucket,
+                prefix,
+                after,
+                limit,
+                include_tombstones,
+                consistency,
+            } => {
+                self.linearize(consistency).await?;
+                let scan = Scan {
+                    prefix,
+                    after,
+                    limit: limit as usize,
+                    include_tombstones,
+                };
+                self.local(move |s| s.read()?.scan(&bucket, &scan))
+                    .await
+                    .map(|p| {
+                        ClientReply::Page(ScanPage {
+                            items: p.items,
+                            next: p.next,
+                        })
+                    })
+            }
+            ClientRequest::Changes {
+                bucket,
+                prefix,
+                after_rev,
+                limit,
+            } => self
+                .local(move |s| {
+                    s.read()?
+                        .changes(&bucket, &prefix, after_rev, limit as usize)
+                })
+                .await
+                .map(|c| {
+                    ClientReply::Changes(match c {
+                        Changes::Events {
+                            events,
+                            next_after_rev,
+                            more,
+                        } => ChangesPage::Events {
+                            events: events.into_iter().map(|c| (c.key, c.record)).collect(),
+                            next_after_rev,
+                            more,
+                        },
+                        Changes::Compacted { floor } => ChangesPage::Compacted { floor },
+                    })
+                }),
+            ClientRequest::Bucket {
+                bucket,
+                consistency,
+            } => {
+                self.linearize(consistency).await?;
+                self.local(move |s| s.bucket(&bucket))
+                    .await
+                    .map(ClientReply::Bucket)
+            }
+            ClientRequest::Buckets { consistency } => {
+                self.linearize(consistency).await?;
+                self.local(|s| s.read()?.buckets())
+                    .await
+                    .map(ClientReply::Buckets)
+            }
+            ClientRequest::Status => Ok(ClientReply::Status(self.node_status())),
+            ClientRequest::Join { id, addr } => {
+                match raft.add_learner(id, NodeAddr { addr }, true).await {
+                    Ok(_) => {}
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        return Err(redirect(f.leader_id, f.leader_node));
+                    }
+                    Err(e) => return Ok(Err(Error::Unavailable(e.to_string()))),
+                }
+                match raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                {
+                    Ok(_) => Ok(ClientReply::Done),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        return Err(redirect(f.leader_id, f.leader_node));
+                    }
+                    Err(e) => Err(Error::Unavailable(e.to_string())),
+                }
+            }
+            ClientRequest::Remove { id } => match raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+            {
+                Ok(_) => Ok(ClientReply::Done),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(redirect(f.leader_id, f.leader_node));
+                }
+                Err(e) => Err(Error::Unavailable(e.to_string())),
+            },
+        })
+    }
+
+    /// For a linearizable read: waits until this node, as leader, has applied everything
+    /// committed before the read began (read index); redirects when another node leads.
+    async fn linearize(&self, consistency: Consistency) -> std::result::Result<(), Redirect> {
+        if consistency == Consistency::Local {
+            return Ok(());
+        }
+        match self
+            .inner
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(redirect(f.leader_id, f.leader_node))
+            }
+            Err(_) => Err(Redirect(None)),
+        }
+    }
+
+    /// This node's view of itself and the cluster.
+    pub fn node_status(&self) -> NodeStatus {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower if !voters.contains(&self.inner.id) => Role::Learner,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let size = |name: &str| {
+            std::fs::metadata(self.inner.config.data_dir.join(name)).map_or(0, |m| m.len())
+        };
+        NodeStatus {
+            id: self.inner.id,
+            addr: self.inner.addr.clone(),
+            role,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed: m.local_committed.map_or(0, |l| l.index),
+            applied: m.last_applied.map_or(0, |l| l.index),
+            members,
+            state_file_bytes: size("state.redb"),
+            log_file_bytes: size("raft-log.redb"),
+        }
+    }
+}
+
+/// The leader to ask instead, if known.
+#[derive(Debug)]
+struct Redirect(Option<(u64, String)>);
+
+fn redirect(id: Option<u64>, node: Option<NodeAddr>) -> Redirect {
+    Redirect(id.zip(node.map(|n| n.addr)))
+}
+
+fn touches_sys(request: &ClientRequest) -> bool {
+    match request {
+        ClientRequest::Write(op) => match op {
+            Op::CreateBucket { bucket }
+            | Op::DropBucket { bucket }
+            | Op::SetBucketState { bucket, .. }
+            | Op::DropBucketData { bucket }
+            | Op::Restore { bucket, .. } => bucket == SYS_BUCKET,
+            Op::Put { bucket, .. } | Op::Delete { bucket, .. } => bucket == SYS_BUCKET,
+            Op::Purge { items } => items.iter().any(|i| i.bucket == SYS_BUCKET),
+        },
+        _ => false,
+    }
+}
+
+impl Kv for Node {
+    async fn request(&self, request: ClientRequest) -> Result<ClientReply> {
+        self.handle(request, None).await
+    }
+}

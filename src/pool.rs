@@ -1,0 +1,97 @@
+//! Connections to other nodes, kept open between calls.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metakv_raft::network::{CallError, Conn};
+use metakv_raft::wire::{Reply, Request};
+
+use crate::api::{CLIENT_SERVICE, ClientReply, ClientRequest};
+use crate::error::{Error, Result};
+
+/// Idle connections kept per address.
+const IDLE_PER_ADDR_MAX: usize = 8;
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    cluster_id: String,
+    from: Option<u64>,
+    idle: Mutex<HashMap<String, Vec<Conn>>>,
+}
+
+impl Pool {
+    pub(crate) fn new(cluster_id: String, from: Option<u64>) -> Pool {
+        Pool {
+            cluster_id,
+            from,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(&self, addr: &str) -> Option<Conn> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(addr)
+            .and_then(Vec::pop)
+    }
+
+    fn give(&self, addr: &str, conn: Conn) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = idle.entry(addr.to_owned()).or_default();
+        if list.len() < IDLE_PER_ADDR_MAX {
+            list.push(conn);
+        }
+    }
+
+    /// One call on a pooled connection, or a new one. A pooled connection the peer has closed
+    /// since (a restart) is replaced once: the peer read nothing from it.
+    pub(crate) async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+        ttl: Duration,
+    ) -> Result<Reply, CallError> {
+        if let Some(mut conn) = self.take(addr) {
+            match conn.call(request, ttl).await {
+                Ok(reply) => {
+                    self.give(addr, conn);
+                    return Ok(reply);
+                }
+                Err(CallError::Closed) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut conn = Conn::dial(addr, &self.cluster_id, self.from).await?;
+        let reply = conn.call(request, ttl).await?;
+        self.give(addr, conn);
+        Ok(reply)
+    }
+
+    /// A call to the client service at `addr`.
+    pub(crate) async fn client_call(
+        &self,
+        addr: &str,
+        request: &ClientRequest,
+        ttl: Duration,
+    ) -> Result<ClientReply, CallError> {
+        let payload = postcard::to_stdvec(request).expect("client requests encode");
+        let service = Request::Service {
+            service: CLIENT_SERVICE.into(),
+            payload,
+        };
+        match self.call(addr, &service, ttl).await? {
+            Reply::Service(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| CallError::Unexpected(format!("undecodable client reply: {e}"))),
+            other => Err(CallError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+pub(crate) fn unavailable(e: CallError) -> Error {
+    Error::Unavailable(e.to_string())
+}

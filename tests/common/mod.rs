@@ -1,0 +1,118 @@
+//! A cluster of real nodes on 127.0.0.1, each on a port the OS picks, in a temporary directory
+//! removed at the end.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use metakv::{Kv, Node, NodeConfig, Role};
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Option<Node>>,
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Quick timings, so that elections in tests take a fraction of a second.
+pub fn config(dir: &std::path::Path, id: u64, join: Option<String>) -> NodeConfig {
+    let mut c = NodeConfig::new(id, dir.join(format!("node{id}")), "127.0.0.1:0");
+    c.join = join;
+    c.heartbeat_ms = 50;
+    c.election_timeout_min_ms = 250;
+    c.election_timeout_max_ms = 500;
+    c
+}
+
+impl Cluster {
+    /// Node 1 initializes; the others join through it.
+    pub async fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, |_| {}).await
+    }
+
+    pub async fn start_with(n: u64, tune: impl Fn(&mut NodeConfig)) -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), 1, None);
+        tune(&mut c);
+        let first = Node::start(c).await.unwrap();
+        let seed = first.addr().to_owned();
+        let mut nodes = vec![Some(first)];
+        for id in 2..=n {
+            let mut c = config(dir.path(), id, Some(seed.clone()));
+            tune(&mut c);
+            nodes.push(Some(Node::start(c).await.unwrap()));
+        }
+        tracing::info!("--- cluster of {n} up");
+        Cluster { dir, nodes }
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes[id as usize - 1]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
+    }
+
+    /// Waits until some running node is leader and every running node agrees; returns its id.
+    pub async fn leader(&self) -> u64 {
+        for _ in 0..200 {
+            let statuses: Vec<_> = self.running().map(|n| n.node_status()).collect();
+            if let Some(l) = statuses.iter().find(|s| s.role == Role::Leader)
+                && statuses.iter().all(|s| s.leader == Some(l.id))
+            {
+                return l.id;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no agreed leader");
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn applied(&self, index: u64) {
+        for _ in 0..400 {
+            if self.running().all(|n| n.node_status().applied >= index) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let seen: Vec<_> = self
+            .running()
+            .map(|n| (n.id(), n.node_status().applied))
+            .collect();
+        panic!("not every node applied {index}: {seen:?}");
+    }
+
+    pub async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes[id as usize - 1].take() {
+            node.shutdown().await;
+        }
+    }
+
+    pub async fn restart(&mut self, id: u64) {
+        assert!(self.nodes[id as usize - 1].is_none());
+        let node = Node::start(config(self.dir.path(), id, None))
+            .await
+            .unwrap();
+        self.nodes[id as usize - 1] = Some(node);
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.stop(id).await;
+        }
+    }
+}
+
+/// The applied index every running node must reach after the last write through `node`.
+pub async fn applied_on(node: &Node) -> u64 {
+    node.status().await.unwrap().applied
+}

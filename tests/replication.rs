@@ -1,0 +1,84 @@
+//! Replication on real nodes over TCP on 127.0.0.1.
+
+mod common;
+
+use common::Cluster;
+use metakv::{Applied, Consistency, Expect, Kv, Role};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_on_any_node_are_read_linearizably_everywhere() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    tracing::info!(
+        leader,
+        "--- writes through every node, leader and followers"
+    );
+    cluster.node(1).create_bucket("users").await.unwrap();
+    for id in 1..=3u64 {
+        for i in 0..20 {
+            let key = format!("user/{id}/{i}");
+            let got = cluster
+                .node(id)
+                .put("users", key.as_bytes(), b"v", Expect::Absent)
+                .await
+                .unwrap();
+            assert!(matches!(got, Applied::Written { .. }), "{got:?}");
+        }
+    }
+    tracing::info!("--- every node reads every write linearizably, right away");
+    for reader in 1..=3u64 {
+        for writer in 1..=3u64 {
+            let key = format!("user/{writer}/19");
+            let record = cluster
+                .node(reader)
+                .get("users", key.as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(
+                record.expect("written").value,
+                b"v",
+                "node {reader} reading {key}"
+            );
+        }
+        assert_eq!(
+            cluster.node(reader).bucket("users").await.unwrap().records,
+            60
+        );
+    }
+    tracing::info!("--- local reads converge");
+    let applied = cluster.node(leader).node_status().applied;
+    cluster.applied(applied).await;
+    for id in 1..=3u64 {
+        let page = cluster
+            .node(id)
+            .scan("users", b"", None, 1000, false, Consistency::Local)
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 60, "node {id}");
+    }
+    tracing::info!("--- expectations and rejections travel back from the leader");
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+    let f = cluster.node(follower);
+    assert!(matches!(
+        f.put("users", b"user/1/0", b"x", Expect::Absent)
+            .await
+            .unwrap(),
+        Applied::Conflict { current: Some(_) }
+    ));
+    let err = f.put("nope", b"k", b"v", Expect::Any).await.unwrap_err();
+    assert_eq!(
+        err.rejection_kind(),
+        Some(metakv::RejectionKind::BucketNotFound),
+        "{err}"
+    );
+    let err = f.put("_sys", b"k", b"v", Expect::Any).await.unwrap_err();
+    assert_eq!(
+        err.rejection_kind(),
+        Some(metakv::RejectionKind::Invalid),
+        "{err}"
+    );
+    let status = cluster.node(leader).node_status();
+    assert_eq!(status.role, Role::Leader);
+    assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
+    cluster.shutdown().await;
+}

@@ -82,3 +82,118 @@ async fn writes_on_any_node_are_read_linearizably_everywhere() {
     assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_every_node_from_its_files() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let n = cluster.node(leader);
+    n.create_bucket("b").await.unwrap();
+    for i in 0..50u32 {
+        n.put(
+            "b",
+            format!("k{i:02}").as_bytes(),
+            &i.to_le_bytes(),
+            Expect::Any,
+        )
+        .await
+        .unwrap();
+    }
+    for i in 0..10u32 {
+        n.delete("b", format!("k{i:02}").as_bytes(), Expect::Any)
+            .await
+            .unwrap();
+    }
+    let applied = n.node_status().applied;
+    cluster.applied(applied).await;
+    let before = cluster
+        .node(1)
+        .scan("b", b"", None, 1000, true, Consistency::Local)
+        .await
+        .unwrap();
+    assert_eq!(before.items.iter().filter(|(_, r)| r.deleted).count(), 10);
+    tracing::info!("--- stop all three, start them again on their files");
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    for id in 1..=3 {
+        cluster.restart(id).await;
+    }
+    let leader = cluster.leader().await;
+    tracing::info!(
+        leader,
+        "--- same records, revisions and tombstones on every node"
+    );
+    for id in 1..=3u64 {
+        let after = cluster
+            .node(id)
+            .scan("b", b"", None, 1000, true, Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(after, before, "node {id}");
+    }
+    cluster
+        .node(leader)
+        .put("b", b"after", b"restart", Expect::Absent)
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_loss_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let first = cluster.leader().await;
+    cluster.node(first).create_bucket("b").await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..30u32 {
+        let key = format!("before/{i}");
+        cluster
+            .node(first)
+            .put("b", key.as_bytes(), b"v", Expect::Any)
+            .await
+            .unwrap();
+        acked.push(key);
+    }
+    tracing::info!(first, "--- stop the leader");
+    cluster.stop(first).await;
+    let second = cluster.leader().await;
+    assert_ne!(second, first);
+    let survivor = (1..=3u64).find(|id| *id != first && *id != second).unwrap();
+    for i in 0..30u32 {
+        let key = format!("during/{i}");
+        // Writes through the follower are forwarded to the new leader.
+        cluster
+            .node(survivor)
+            .put("b", key.as_bytes(), b"v", Expect::Any)
+            .await
+            .unwrap();
+        acked.push(key);
+    }
+    for key in &acked {
+        assert!(
+            cluster
+                .node(survivor)
+                .get("b", key.as_bytes())
+                .await
+                .unwrap()
+                .is_some(),
+            "{key} lost"
+        );
+    }
+    tracing::info!("--- the old leader comes back and catches up");
+    cluster.restart(first).await;
+    let applied = cluster.node(second).node_status().applied;
+    cluster.applied(applied).await;
+    let page = cluster
+        .node(first)
+        .scan("b", b"", None, 1000, false, Consistency::Local)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), acked.len());
+    assert_eq!(
+        cluster.node(first).node_status().leader,
+        Some(cluster.leader().await)
+    );
+    cluster.shutdown().await;
+}

@@ -10,6 +10,8 @@ use metakv::{Kv, Node, NodeConfig, Role};
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Option<Node>>,
+    /// Each node's address: a restarted node listens there again, since the membership names it.
+    pub addrs: Vec<String>,
 }
 
 pub fn init_tracing() {
@@ -49,7 +51,12 @@ impl Cluster {
             nodes.push(Some(Node::start(c).await.unwrap()));
         }
         tracing::info!("--- cluster of {n} up");
-        Cluster { dir, nodes }
+        let addrs = nodes
+            .iter()
+            .flatten()
+            .map(|n| n.addr().to_owned())
+            .collect();
+        Cluster { dir, nodes, addrs }
     }
 
     pub fn node(&self, id: u64) -> &Node {
@@ -99,9 +106,9 @@ impl Cluster {
 
     pub async fn restart(&mut self, id: u64) {
         assert!(self.nodes[id as usize - 1].is_none());
-        let node = Node::start(config(self.dir.path(), id, None))
-            .await
-            .unwrap();
+        let mut c = config(self.dir.path(), id, None);
+        c.listen = self.addrs[id as usize - 1].clone();
+        let node = Node::start(c).await.unwrap();
         self.nodes[id as usize - 1] = Some(node);
     }
 

@@ -3,6 +3,8 @@
 
 use metakv_raft::Response;
 use metakv_store::{Applied, BucketInfo, Expect, Op, Record};
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -41,11 +43,14 @@ pub enum ClientRequest {
         consistency: Consistency,
     },
     /// The bucket's changes after a revision, from this node's copy.
+    /// With `wait_ms` > 0 and nothing to report yet, the node waits up to that long for the
+    /// next applied entry (a long poll, what a watch is made of).
     Changes {
         bucket: String,
         prefix: Vec<u8>,
         after_rev: u64,
         limit: u32,
+        wait_ms: u32,
     },
     Bucket {
         bucket: String,
@@ -262,6 +267,7 @@ pub trait Kv {
                 prefix: prefix.to_vec(),
                 after_rev,
                 limit,
+                wait_ms: 0,
             })
             .await?
         {
@@ -303,6 +309,22 @@ pub trait Kv {
         }
     }
 
+    /// Watches `bucket` under `prefix` from revision `from_rev` on (0 or 1: from the start):
+    /// see [`Watch`].
+    fn watch(&self, bucket: &str, prefix: &[u8], from_rev: u64) -> Watch<'_, Self>
+    where
+        Self: Sized,
+    {
+        Watch {
+            kv: self,
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_vec(),
+            after_rev: from_rev.saturating_sub(1),
+            pending: VecDeque::new(),
+            compacted: None,
+        }
+    }
+
     /// Adds a node: learner first, promoted to voter once it has caught up.
     async fn add_node(&self, id: u64, addr: &str) -> Result<()> {
         match self
@@ -322,5 +344,73 @@ pub trait Kv {
             ClientReply::Done => Ok(()),
             other => unexpected(other),
         }
+    }
+}
+
+/// What a watcher sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A key's record as of its latest change (a put, or a delete: `record.deleted`).
+    Change { key: Vec<u8>, record: Record },
+    /// Changes after the watcher's cursor were purged (at or below `floor`): re-list the bucket,
+    /// then watch again from the listing's revision.
+    Compacted { floor: u64 },
+}
+
+/// A watch over one bucket, from the node it was opened on.
+///
+/// Events come in revision order, each key at its latest revision: a key changed twice before
+/// the watcher reads shows once, at the later revision (the store keeps one version per key).
+/// The node serves it from its own copy, so a leader change does not interrupt it.
+#[derive(Debug)]
+pub struct Watch<'a, K: Kv> {
+    kv: &'a K,
+    bucket: String,
+    prefix: Vec<u8>,
+    after_rev: u64,
+    pending: VecDeque<(Vec<u8>, Record)>,
+    compacted: Option<u64>,
+}
+
+/// How long one long poll of a watch waits on the node.
+const WATCH_POLL_MS: u32 = 1000;
+
+impl<K: Kv> Watch<'_, K> {
+    /// The next event, waiting for one as long as it takes.
+    pub async fn next(&mut self) -> Result<WatchEvent> {
+        loop {
+            if let Some(floor) = self.compacted {
+                return Ok(WatchEvent::Compacted { floor });
+            }
+            if let Some((key, record)) = self.pending.pop_front() {
+                return Ok(WatchEvent::Change { key, record });
+            }
+            let req = ClientRequest::Changes {
+                bucket: self.bucket.clone(),
+                prefix: self.prefix.clone(),
+                after_rev: self.after_rev,
+                limit: 1000,
+                wait_ms: WATCH_POLL_MS,
+            };
+            match self.kv.request(req).await? {
+                ClientReply::Changes(ChangesPage::Events {
+                    events,
+                    next_after_rev,
+                    ..
+                }) => {
+                    self.after_rev = next_after_rev;
+                    self.pending.extend(events);
+                }
+                ClientReply::Changes(ChangesPage::Compacted { floor }) => {
+                    self.compacted = Some(floor)
+                }
+                other => return unexpected(other),
+            }
+        }
+    }
+
+    /// The revision the watch has reported up to.
+    pub fn cursor(&self) -> u64 {
+        self.after_rev
     }
 }

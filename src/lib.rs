@@ -14,6 +14,7 @@ mod pool;
 
 pub use api::{
     ChangesPage, ClientReply, ClientRequest, Consistency, Kv, Member, NodeStatus, Role, ScanPage,
+    Watch, WatchEvent,
 };
 pub use client::Client;
 pub use error::{Error, Result};

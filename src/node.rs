@@ -417,26 +417,28 @@ impl Node {
                 prefix,
                 after_rev,
                 limit,
-            } => self
-                .local(move |s| {
-                    s.read()?
-                        .changes(&bucket, &prefix, after_rev, limit as usize)
-                })
-                .await
-                .map(|c| {
-                    ClientReply::Changes(match c {
-                        Changes::Events {
-                            events,
-                            next_after_rev,
-                            more,
-                        } => ChangesPage::Events {
-                            events: events.into_iter().map(|c| (c.key, c.record)).collect(),
-                            next_after_rev,
-                            more,
-                        },
-                        Changes::Compacted { floor } => ChangesPage::Compacted { floor },
-                    })
-                }),
+                wait_ms,
+            } => {
+                let applied = self.applied_index();
+                let mut page = self.changes_page(&bucket, &prefix, after_rev, limit).await;
+                let empty =
+                    matches!(&page, Ok(ChangesPage::Events { events, .. }) if events.is_empty());
+                if wait_ms > 0 && empty {
+                    // Nothing yet: wait for the next applied entry, or for the poll to run out.
+                    let wait = self
+                        .inner
+                        .raft
+                        .wait(Some(Duration::from_millis(wait_ms.into())));
+                    if wait
+                        .applied_index_at_least(Some(applied + 1), "watch")
+                        .await
+                        .is_ok()
+                    {
+                        page = self.changes_page(&bucket, &prefix, after_rev, limit).await;
+                    }
+                }
+                page.map(ClientReply::Changes)
+            }
             ClientRequest::Bucket {
                 bucket,
                 consistency,
@@ -482,6 +484,40 @@ impl Node {
                 }
                 Err(e) => Err(Error::Unavailable(e.to_string())),
             },
+        })
+    }
+
+    fn applied_index(&self) -> u64 {
+        let metrics = self.inner.raft.metrics();
+        let applied = metrics.borrow_watched().last_applied;
+        applied.map_or(0, |l| l.index)
+    }
+
+    async fn changes_page(
+        &self,
+        bucket: &str,
+        prefix: &[u8],
+        after_rev: u64,
+        limit: u32,
+    ) -> Result<ChangesPage> {
+        let (bucket, prefix) = (bucket.to_owned(), prefix.to_vec());
+        let changes = self
+            .local(move |s| {
+                s.read()?
+                    .changes(&bucket, &prefix, after_rev, limit as usize)
+            })
+            .await?;
+        Ok(match changes {
+            Changes::Events {
+                events,
+                next_after_rev,
+                more,
+            } => ChangesPage::Events {
+                events: events.into_iter().map(|c| (c.key, c.record)).collect(),
+                next_after_rev,
+                more,
+            },
+            Changes::Compacted { floor } => ChangesPage::Compacted { floor },
         })
     }
 

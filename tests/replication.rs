@@ -213,33 +213,70 @@ async fn a_node_far_behind_catches_up_through_a_snapshot() {
     cluster.stop(behind).await;
     let l = cluster.node(leader);
     for i in 0..300u32 {
-        l.put("b", format!("k{i:03}").as_bytes(), &i.to_le_bytes(), Expect::Any).await.unwrap();
+        l.put(
+            "b",
+            format!("k{i:03}").as_bytes(),
+            &i.to_le_bytes(),
+            Expect::Any,
+        )
+        .await
+        .unwrap();
         if i % 3 == 0 {
-            l.delete("b", format!("k{i:03}").as_bytes(), Expect::Any).await.unwrap();
+            l.delete("b", format!("k{i:03}").as_bytes(), Expect::Any)
+                .await
+                .unwrap();
         }
     }
     let mut purged = 0;
     for _ in 0..100 {
-        purged = l.raft().metrics().borrow_watched().purged.map_or(0, |p| p.index);
+        purged = l
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .purged
+            .map_or(0, |p| p.index);
         if purged > 100 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(purged > 100, "the leader purged its log up to {purged} only");
-    tracing::info!(purged, "--- restart the follower: the entries it lacks are gone from the log");
+    assert!(
+        purged > 100,
+        "the leader purged its log up to {purged} only"
+    );
+    tracing::info!(
+        purged,
+        "--- restart the follower: the entries it lacks are gone from the log"
+    );
     cluster.restart(behind).await;
     let applied = cluster.node(leader).node_status().applied;
     cluster.applied(applied).await;
     let node = cluster.node(behind);
     let snapshot = node.raft().metrics().borrow_watched().snapshot;
-    assert!(snapshot.is_some_and(|s| s.index > 100), "no snapshot installed: {snapshot:?}");
-    let want = cluster.node(leader).scan("b", b"", None, 1000, true, Consistency::Local).await.unwrap();
-    let got = node.scan("b", b"", None, 1000, true, Consistency::Local).await.unwrap();
+    assert!(
+        snapshot.is_some_and(|s| s.index > 100),
+        "no snapshot installed: {snapshot:?}"
+    );
+    let want = cluster
+        .node(leader)
+        .scan("b", b"", None, 1000, true, Consistency::Local)
+        .await
+        .unwrap();
+    let got = node
+        .scan("b", b"", None, 1000, true, Consistency::Local)
+        .await
+        .unwrap();
     assert_eq!(got, want);
     assert_eq!(got.items.len(), 300);
     tracing::info!("--- and it keeps up afterwards");
-    cluster.node(leader).put("b", b"after", b"snapshot", Expect::Absent).await.unwrap();
-    assert_eq!(node.get("b", b"after").await.unwrap().unwrap().value, b"snapshot");
+    cluster
+        .node(leader)
+        .put("b", b"after", b"snapshot", Expect::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        node.get("b", b"after").await.unwrap().unwrap().value,
+        b"snapshot"
+    );
     cluster.shutdown().await;
 }

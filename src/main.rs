@@ -4,9 +4,11 @@
 
 mod demo;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use metakv::{Node, NodeConfig};
 
 /// metakv: a replicated key-value store for small, precious records.
 #[derive(Debug, Parser)]
@@ -18,6 +20,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node. With no flags: node 1 in ./metakv-data on 127.0.0.1:7379, a single-node
+    /// cluster initialized on first start.
+    Serve {
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        #[arg(long, default_value = "metakv-data")]
+        data_dir: PathBuf,
+        /// Address to listen on (port 0: any free port; the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:7379")]
+        listen: String,
+        /// Address the other nodes dial, if not the listen address.
+        #[arg(long)]
+        advertise: Option<String>,
+        /// A member of a running cluster to join (a new node only; a restart needs no join).
+        #[arg(long)]
+        join: Option<String>,
+        /// Nodes and clients of another cluster id are refused.
+        #[arg(long, default_value = "metakv", env = "METAKV_CLUSTER_ID")]
+        cluster_id: String,
+    },
     /// Walk through the store in a temporary directory: users, deletes, tombstone GC,
     /// compaction, pause and resume of a bucket, integrity check.
     Demo {
@@ -31,6 +53,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { users } => demo::run(users),
+        Command::Serve {
+            id,
+            data_dir,
+            listen,
+            advertise,
+            join,
+            cluster_id,
+        } => {
+            let mut config = NodeConfig::new(id, data_dir, listen);
+            config.advertise = advertise;
+            config.join = join;
+            config.cluster_id = cluster_id;
+            serve(config)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,4 +75,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a node until SIGTERM or Ctrl-C, then stops it cleanly.
+fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("METAKV_LOG")
+                .unwrap_or_else(|_| "warn,metakv=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let node = Node::start(config).await?;
+        println!("metakv node {} listening on {}", node.id(), node.addr());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        node.shutdown().await;
+        Ok(())
+    })
 }

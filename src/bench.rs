@@ -1,0 +1,94 @@
+//! `metakv bench`: closed-loop durable writes against a cluster, in the shape of
+//! `../shared/bench/etcd-baseline.sh` (16-byte keys, 256-byte values by default, each client on
+//! its own connection to the leader, one put per request).
+
+use std::time::{Duration, Instant};
+
+use metakv::{Client, Expect, Kv, Node, NodeConfig, Role};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub clients: usize,
+    pub ops: usize,
+    pub value_bytes: usize,
+    pub key_bytes: usize,
+    /// A running cluster's node; `None` starts a 3-node cluster on 127.0.0.1 in a temp dir.
+    pub endpoint: Option<String>,
+    pub cluster_id: String,
+}
+
+pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let dir = tempfile::Builder::new().prefix("metakv-bench-").tempdir()?;
+        let mut nodes = Vec::new();
+        let endpoint = match &args.endpoint {
+            Some(e) => e.clone(),
+            None => {
+                let first = Node::start(NodeConfig::new(1, dir.path().join("n1"), "127.0.0.1:0")).await?;
+                let seed = first.addr().to_owned();
+                nodes.push(first);
+                for id in 2..=3 {
+                    let mut c = NodeConfig::new(id, dir.path().join(format!("n{id}")), "127.0.0.1:0");
+                    c.join = Some(seed.clone());
+                    nodes.push(Node::start(c).await?);
+                }
+                seed
+            }
+        };
+        let probe = Client::new(vec![endpoint.clone()], &args.cluster_id);
+        let status = probe.status().await?;
+        let leader_addr = if status.role == Role::Leader {
+            endpoint.clone()
+        } else {
+            let leader = status.leader.ok_or("the cluster has no leader")?;
+            status.members.iter().find(|m| m.id == leader).map(|m| m.addr.clone()).ok_or("leader not among members")?
+        };
+        match probe.create_bucket("bench").await {
+            Ok(()) => {}
+            Err(e) if e.rejection_kind() == Some(metakv::RejectionKind::BucketExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let value = vec![b'v'; args.value_bytes];
+        let per_client = args.ops.div_ceil(args.clients);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..args.clients {
+            let (addr, cluster_id, value, key_bytes) = (leader_addr.clone(), args.cluster_id.clone(), value.clone(), args.key_bytes);
+            tasks.push(tokio::spawn(async move {
+                let client = Client::new(vec![addr], &cluster_id);
+                let mut latencies = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let mut key = format!("c{c:04}k{i:09}").into_bytes();
+                    key.resize(key_bytes, b'_');
+                    let t = Instant::now();
+                    client.put("bench", &key, &value, Expect::Any).await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, metakv::Error>(latencies)
+            }));
+        }
+        let mut all: Vec<Duration> = Vec::with_capacity(args.ops);
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        let elapsed = started.elapsed();
+        all.sort();
+        let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+        println!(
+            "metakv bench: clients={} ops={} value_bytes={} writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+            args.clients,
+            all.len(),
+            args.value_bytes,
+            all.len() as f64 / elapsed.as_secs_f64(),
+            q(0.50),
+            q(0.99),
+            all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        );
+        for n in &nodes {
+            n.shutdown().await;
+        }
+        Ok(())
+    })
+}

@@ -106,6 +106,10 @@ pub struct NodeStatus {
     /// Bytes of `state.redb` and `raft-log.redb`.
     pub state_file_bytes: u64,
     pub log_file_bytes: u64,
+    /// Durable log appends since the node started, and the entries they held: their ratio is
+    /// the group-commit factor.
+    pub log_fsyncs: u64,
+    pub log_entries: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

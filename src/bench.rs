@@ -19,7 +19,9 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let dir = tempfile::Builder::new().prefix("metakv-bench-").tempdir()?;
         let mut nodes = Vec::new();
@@ -69,22 +71,25 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Ok::<_, metakv::Error>(latencies)
             }));
         }
+        let before = Client::new(vec![leader_addr.clone()], &args.cluster_id).status().await?;
         let mut all: Vec<Duration> = Vec::with_capacity(args.ops);
         for t in tasks {
             all.extend(t.await??);
         }
         let elapsed = started.elapsed();
+        let after = Client::new(vec![leader_addr.clone()], &args.cluster_id).status().await?;
         all.sort();
         let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
         println!(
-            "metakv bench: clients={} ops={} value_bytes={} writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+            "metakv bench: clients={} ops={} value_bytes={} writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} leader_log_entries_per_fsync={:.1}",
             args.clients,
             all.len(),
             args.value_bytes,
             all.len() as f64 / elapsed.as_secs_f64(),
             q(0.50),
             q(0.99),
-            all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+            all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            (after.log_entries - before.log_entries) as f64 / (after.log_fsyncs - before.log_fsyncs).max(1) as f64
         );
         for n in &nodes {
             n.shutdown().await;

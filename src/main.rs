@@ -70,9 +70,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { users } => demo::run(users),
-        Command::Bench { clients, ops, value_bytes, key_bytes, endpoint, cluster_id } => {
-            bench::run(bench::BenchArgs { clients, ops, value_bytes, key_bytes, endpoint, cluster_id })
-        }
+        Command::Bench {
+            clients,
+            ops,
+            value_bytes,
+            key_bytes,
+            endpoint,
+            cluster_id,
+        } => bench::run(bench::BenchArgs {
+            clients,
+            ops,
+            value_bytes,
+            key_bytes,
+            endpoint,
+            cluster_id,
+        }),
         Command::Serve {
             id,
             data_dir,

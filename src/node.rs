@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use metakv_raft::network::Network;
 use metakv_raft::server::{ServerConfig, Services, serve};
-use metakv_raft::{Command, LogStore, NodeAddr, Raft, SharedStore, StateMachine};
+use metakv_raft::{Command, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine};
 use metakv_store::{Changes, Op, SYS_BUCKET, Scan, Store};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
@@ -86,6 +86,7 @@ struct Inner {
     config: NodeConfig,
     raft: Raft,
     store: SharedStore,
+    log_stats: Arc<LogStats>,
     pool: Pool,
     stop: watch::Sender<bool>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -176,6 +177,7 @@ impl Node {
             cluster_id: config.cluster_id.clone(),
             node_id: config.id,
         };
+        let log_stats = log.stats();
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| io("starting raft", &e))?;
@@ -187,6 +189,7 @@ impl Node {
             config: config.clone(),
             raft: raft.clone(),
             store,
+            log_stats,
             stop,
             server: std::sync::Mutex::new(None),
         });
@@ -577,6 +580,16 @@ impl Node {
             members,
             state_file_bytes: size("state.redb"),
             log_file_bytes: size("raft-log.redb"),
+            log_fsyncs: self
+                .inner
+                .log_stats
+                .fsyncs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            log_entries: self
+                .inner
+                .log_stats
+                .entries
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `metakv-raft`: replication of the store through openraft.
 //!
 //! - [`types`]: the openraft type configuration, [`Command`] and [`Response`].
-//! - [`LogStore`]: the Raft log on redb (`raft-log.redb`), with group commit.
+//! - [`LogStore`]: the Raft log on redb (`raft-log.redb`), one fsync per batch of entries.
 //! - [`StateMachine`]: `metakv-store` applied from the log; snapshots in the archive format.
 //!
 //! This crate depends on `metakv-store` only; it knows nothing of GC or hibernation.
@@ -14,6 +14,6 @@ mod state_machine;
 pub mod types;
 pub mod wire;
 
-pub use log_store::{LOG_FORMAT, LogStore};
+pub use log_store::{LOG_FORMAT, LogStats, LogStore};
 pub use state_machine::{META_APPLIED, META_MEMBERSHIP, SharedStore, SnapshotFile, StateMachine};
 pub use types::{Command, NodeAddr, Raft, Rejection, RejectionKind, Response, TypeConfig};

@@ -8,14 +8,18 @@
 //! What correctness needs, and how each is met:
 //! - Entries are consecutive, with no hole: `append` writes what openraft gives it, in order;
 //!   `truncate_after` and `purge` remove a suffix or a prefix only.
-//! - `append` is durable before its callback fires: each append commits without fsync (so its
-//!   entries are readable at once), then hands its callback to the flusher thread, which makes
-//!   every commit made so far durable with one fsync and then fires every callback it holds.
-//!   Appends that arrive during an fsync share the next one: group commit.
+//! - `append` is durable before its callback fires: it writes the whole batch openraft hands it
+//!   in one durable redb transaction (one fsync), then fires the callback. Group commit comes
+//!   from that batching: while one append's fsync runs, openraft keeps accepting entries and
+//!   hands them all to the next append, so the fsyncs per entry fall as the load rises
+//!   ([`LogStats`] counts both: about 25 entries per fsync at 64 clients, 43 at 256). An
+//!   earlier design committed each append without fsync and let a flusher thread fsync behind
+//!   it; interleaved runs of the two could not tell them apart on a machine with 50% steal
+//!   time, so the simpler one stays: no thread, no channel, and one redb commit per append.
 //! - `save_vote` is durable before it returns.
 //! - `purge` persists `last_purged` and removes the entries in one durable transaction, so the
 //!   log never shows a hole below a stale `last_purged`.
-//! - No redb call runs on an async task: each runs on tokio's blocking pool or the flusher.
+//! - No redb call runs on an async task: each runs on tokio's blocking pool.
 //!
 //! A failed fsync is fatal: the error reaches openraft, which stops the node. It is never
 //! retried, since the page cache may have dropped the data it failed to write.
@@ -25,7 +29,7 @@ use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metakv_store::codec;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -49,7 +53,26 @@ const COMMITTED: &str = "committed";
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+    stats: Arc<LogStats>,
+}
+
+/// Counters of the log's durable appends: `entries / fsyncs` is the group-commit factor.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub fsyncs: AtomicU64,
+    pub entries: AtomicU64,
+}
+
+impl LogStats {
+    /// Entries made durable per append fsync so far.
+    pub fn entries_per_fsync(&self) -> f64 {
+        let f = self.fsyncs.load(Ordering::Relaxed);
+        if f == 0 {
+            0.0
+        } else {
+            self.entries.load(Ordering::Relaxed) as f64 / f as f64
+        }
+    }
 }
 
 fn other(doing: &str, e: impl std::fmt::Display) -> io::Error {
@@ -75,8 +98,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl LogStore {
-    /// Opens (or creates) the log file and starts its flusher thread, which ends when the last
-    /// clone of the store is dropped.
+    /// Opens (or creates) the log file.
     pub fn open(path: &Path) -> io::Result<LogStore> {
         let db = Database::builder()
             .set_cache_size(16 << 20)
@@ -88,14 +110,15 @@ impl LogStore {
         txn.open_table(META)
             .map_err(|e| other("creating tables", e))?;
         txn.commit().map_err(|e| other("creating tables", e))?;
-        let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
-        let flush_db = Arc::clone(&db);
-        std::thread::Builder::new()
-            .name("metakv-log-flush".into())
-            .spawn(move || flush_loop(&flush_db, rx))
-            .map_err(|e| other("starting the flusher", e))?;
-        Ok(LogStore { db, flusher: tx })
+        Ok(LogStore {
+            db: Arc::new(db),
+            stats: Arc::default(),
+        })
+    }
+
+    /// The append counters, shared with every clone.
+    pub fn stats(&self) -> Arc<LogStats> {
+        Arc::clone(&self.stats)
     }
 
     fn meta<T: Serialize + DeserializeOwned>(db: &Database, key: &str) -> io::Result<Option<T>> {
@@ -119,31 +142,6 @@ impl LogStore {
         }
         f(&txn).map_err(|e| other("writing", e))?;
         txn.commit().map_err(|e| other("committing", e))
-    }
-}
-
-/// Makes every commit so far durable, once per batch of waiting callbacks.
-fn flush_loop(db: &Database, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(rx.try_iter());
-        let result = (|| {
-            let txn = db
-                .begin_write()
-                .map_err(|e| other("beginning a flush", e))?;
-            txn.commit().map_err(|e| other("fsync", e))
-        })();
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "raft log flush failed; the node must stop");
-        }
-        for cb in waiting {
-            cb.io_completed(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-            );
-        }
     }
 }
 
@@ -258,9 +256,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, seal(&e)))
             .collect();
-        let db = Arc::clone(&self.db);
-        blocking(move || {
-            LogStore::write(&db, false, |txn| {
+        let (db, stats, n) = (
+            Arc::clone(&self.db),
+            Arc::clone(&self.stats),
+            rows.len() as u64,
+        );
+        let result = blocking(move || {
+            LogStore::write(&db, true, |txn| {
                 let mut table = txn.open_table(LOG)?;
                 for (index, bytes) in &rows {
                     table.insert(index, bytes.as_slice())?;
@@ -268,10 +270,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             })
         })
-        .await?;
-        self.flusher
-            .send(callback)
-            .map_err(|_| other("append", "the flusher has stopped"))
+        .await;
+        if result.is_ok() {
+            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            stats.entries.fetch_add(n, Ordering::Relaxed);
+        }
+        // A failed fsync is reported to openraft, which stops the node: never retried.
+        let report = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        callback.io_completed(report);
+        result
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {

@@ -60,6 +60,8 @@ pub enum ClientRequest {
         consistency: Consistency,
     },
     Status,
+    /// Every member's status, as each reports it (the answering node asks them).
+    ClusterStatus,
     /// Adds node `id` at `addr`: as a learner, caught up, then as a voter.
     Join {
         id: u64,
@@ -112,6 +114,22 @@ pub struct NodeStatus {
     pub log_entries: u64,
 }
 
+/// The cluster as seen from every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The leader the answering node knows of.
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub nodes: Vec<MemberReport>,
+}
+
+/// One member: its own status, or why it could not be asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub member: Member,
+    pub status: Result<NodeStatus, String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: u64,
@@ -138,6 +156,7 @@ pub enum ClientReply {
     Bucket(BucketInfo),
     Buckets(Vec<(String, BucketInfo)>),
     Status(NodeStatus),
+    ClusterStatus(ClusterStatus),
     Done,
     Error(Error),
 }
@@ -326,6 +345,14 @@ pub trait Kv {
             after_rev: from_rev.saturating_sub(1),
             pending: VecDeque::new(),
             compacted: None,
+        }
+    }
+
+    /// Every member's own status.
+    async fn cluster_status(&self) -> Result<ClusterStatus> {
+        match self.request(ClientRequest::ClusterStatus).await? {
+            ClientReply::ClusterStatus(s) => Ok(s),
+            other => unexpected(other),
         }
     }
 

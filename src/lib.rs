@@ -13,8 +13,8 @@ mod node;
 mod pool;
 
 pub use api::{
-    ChangesPage, ClientReply, ClientRequest, Consistency, Kv, Member, NodeStatus, Role, ScanPage,
-    Watch, WatchEvent,
+    ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Kv, Member, MemberReport,
+    NodeStatus, Role, ScanPage, Watch, WatchEvent,
 };
 pub use client::Client;
 pub use error::{Error, Result};

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    CLIENT_SERVICE, ChangesPage, ClientReply, ClientRequest, Consistency, Kv, Member, NodeStatus,
-    Role, ScanPage, applied,
+    CLIENT_SERVICE, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Kv,
+    Member, MemberReport, NodeStatus, Role, ScanPage, applied,
 };
 use crate::error::{Error, Result};
 use crate::pool::{Pool, unavailable};
@@ -458,6 +458,9 @@ impl Node {
                     .map(ClientReply::Buckets)
             }
             ClientRequest::Status => Ok(ClientReply::Status(self.node_status())),
+            ClientRequest::ClusterStatus => {
+                Ok(ClientReply::ClusterStatus(self.cluster_status_now().await))
+            }
             ClientRequest::Join { id, addr } => {
                 match raft.add_learner(id, NodeAddr { addr }, true).await {
                     Ok(_) => {}
@@ -541,6 +544,38 @@ impl Node {
                 Err(redirect(f.leader_id, f.leader_node))
             }
             Err(_) => Err(Redirect(None)),
+        }
+    }
+
+    /// Asks every member (this node included) for its own status, all at once.
+    async fn cluster_status_now(&self) -> ClusterStatus {
+        let mine = self.node_status();
+        let asks = mine.members.iter().map(|m| {
+            let member = m.clone();
+            let mine = mine.clone();
+            async move {
+                let status = if member.id == self.inner.id {
+                    Ok(mine)
+                } else {
+                    match self
+                        .inner
+                        .pool
+                        .client_call(&member.addr, &ClientRequest::Status, Duration::from_secs(3))
+                        .await
+                    {
+                        Ok(ClientReply::Status(s)) => Ok(s),
+                        Ok(other) => Err(format!("answered {other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                MemberReport { member, status }
+            }
+        });
+        let nodes = futures_util::future::join_all(asks).await;
+        ClusterStatus {
+            leader: mine.leader,
+            term: mine.term,
+            nodes,
         }
     }
 

@@ -280,3 +280,56 @@ async fn a_node_far_behind_catches_up_through_a_snapshot() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_status_and_removing_a_node() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    cluster.node(leader).create_bucket("b").await.unwrap();
+    cluster
+        .node(leader)
+        .put("b", b"k", b"v", Expect::Any)
+        .await
+        .unwrap();
+    let applied = cluster.node(leader).node_status().applied;
+    cluster.applied(applied).await;
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+    tracing::info!("--- every member's own status, asked through a follower");
+    let status = cluster.node(follower).cluster_status().await.unwrap();
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.nodes.len(), 3);
+    for report in &status.nodes {
+        let s = report.status.as_ref().expect("every member answers");
+        assert_eq!(s.id, report.member.id);
+        assert!(s.applied >= applied && s.committed >= applied, "{s:?}");
+        assert!(s.state_file_bytes > 0 && s.log_file_bytes > 0);
+        assert_eq!(s.role == Role::Leader, s.id == leader);
+    }
+    tracing::info!("--- remove a follower: two voters go on");
+    let gone = (1..=3u64)
+        .find(|id| *id != leader && *id != follower)
+        .unwrap();
+    cluster.node(follower).remove_node(gone).await.unwrap();
+    let members = cluster.node(leader).node_status().members;
+    assert!(
+        members.iter().all(|m| m.id != gone || !m.voter),
+        "{members:?}"
+    );
+    cluster.stop(gone).await;
+    cluster
+        .node(follower)
+        .put("b", b"after", b"removal", Expect::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster
+            .node(leader)
+            .get("b", b"after")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        b"removal"
+    );
+    cluster.shutdown().await;
+}

@@ -7,14 +7,22 @@ use std::time::{Duration, Instant};
 use metakv::{Client, Expect, Kv, Node, NodeConfig, Role};
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// Concurrent clients, each on its own connection to the leader.
+    #[arg(long, default_value_t = 64)]
     pub clients: usize,
+    /// Puts in all.
+    #[arg(long, default_value_t = 50_000)]
     pub ops: usize,
+    #[arg(long, default_value_t = 256)]
     pub value_bytes: usize,
+    #[arg(long, default_value_t = 16)]
     pub key_bytes: usize,
-    /// A running cluster's node; `None` starts a 3-node cluster on 127.0.0.1 in a temp dir.
+    /// A node of a running cluster; without it, a 3-node cluster on 127.0.0.1 in a temp dir.
+    #[arg(long, env = "METAKV_ENDPOINT")]
     pub endpoint: Option<String>,
+    #[arg(long, default_value = "metakv", env = "METAKV_CLUSTER_ID")]
     pub cluster_id: String,
 }
 

@@ -42,21 +42,7 @@ enum Command {
         cluster_id: String,
     },
     /// Closed-loop durable writes against a cluster: writes/s and p50/p99/max latency.
-    Bench {
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        #[arg(long, default_value_t = 50_000)]
-        ops: usize,
-        #[arg(long, default_value_t = 256)]
-        value_bytes: usize,
-        #[arg(long, default_value_t = 16)]
-        key_bytes: usize,
-        /// A node of a running cluster; without it, a 3-node cluster on 127.0.0.1 in a temp dir.
-        #[arg(long, env = "METAKV_ENDPOINT")]
-        endpoint: Option<String>,
-        #[arg(long, default_value = "metakv", env = "METAKV_CLUSTER_ID")]
-        cluster_id: String,
-    },
+    Bench(bench::BenchArgs),
     /// Walk through the store in a temporary directory: users, deletes, tombstone GC,
     /// compaction, pause and resume of a bucket, integrity check.
     Demo {
@@ -70,21 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { users } => demo::run(users),
-        Command::Bench {
-            clients,
-            ops,
-            value_bytes,
-            key_bytes,
-            endpoint,
-            cluster_id,
-        } => bench::run(bench::BenchArgs {
-            clients,
-            ops,
-            value_bytes,
-            key_bytes,
-            endpoint,
-            cluster_id,
-        }),
+        Command::Bench(args) => bench::run(args),
         Command::Serve {
             id,
             data_dir,

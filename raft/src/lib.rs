@@ -7,6 +7,7 @@
 //! This crate depends on `metakv-store` only; it knows nothing of GC or hibernation.
 #![forbid(unsafe_code)]
 
+mod blocking;
 mod log_store;
 pub mod network;
 pub mod server;

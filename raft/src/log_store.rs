@@ -40,6 +40,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::blocking::blocking;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -88,15 +89,6 @@ fn seal<T: Serialize>(v: &T) -> Vec<u8> {
 fn unseal<T: Serialize + DeserializeOwned>(what: &str, b: &[u8]) -> io::Result<T> {
     codec::unseal(LOG_FORMAT, b)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("raft log: {what}: {e}")))
-}
-
-/// Runs blocking redb work off the async task.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| other("blocking task", e))?
 }
 
 impl LogStore {

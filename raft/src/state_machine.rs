@@ -23,6 +23,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::blocking::blocking;
 use crate::types::{LogId, Rejection, Response, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The store, shared by the state machine, the snapshot builder and readers. The write lock
@@ -66,14 +67,6 @@ pub struct StateMachine {
 
 fn other(doing: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("state machine: {doing}: {e}"))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| other("blocking task", e))?
 }
 
 fn read_store(store: &SharedStore) -> std::sync::RwLockReadGuard<'_, Store> {

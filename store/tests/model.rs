@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 
 use metakv_store::*;
+
+mod common;
 use proptest::prelude::*;
 
 const BUCKETS: [&str; 3] = ["a", "b", "c"];
@@ -222,22 +224,7 @@ impl Harness {
                     pins: BTreeMap::new(),
                 };
                 let view = self.store().read().unwrap();
-                let mut got = Vec::new();
-                let mut page = view.tombstones(&q).unwrap();
-                loop {
-                    got.extend(page.items);
-                    match page.next {
-                        Some(after) => {
-                            page = view
-                                .tombstones(&TombstoneQuery {
-                                    after: Some(after),
-                                    ..q.clone()
-                                })
-                                .unwrap()
-                        }
-                        None => break,
-                    }
-                }
+                let got = common::all_tombstones(&view, &q);
                 let mut want = Vec::new();
                 for (b, m) in &self.model {
                     for (k, r) in &m.records {

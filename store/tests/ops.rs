@@ -1052,22 +1052,7 @@ fn compaction_shrinks_the_file_and_keeps_the_data() {
         deleted_at_or_before_ms: u64::MAX,
         pins: BTreeMap::new(),
     };
-    let mut items = Vec::new();
-    let mut page = view.tombstones(&q).unwrap();
-    loop {
-        items.extend(page.items);
-        match page.next {
-            Some(after) => {
-                page = view
-                    .tombstones(&TombstoneQuery {
-                        after: Some(after),
-                        ..q.clone()
-                    })
-                    .unwrap()
-            }
-            None => break,
-        }
-    }
+    let items = common::all_tombstones(&view, &q);
     drop(view);
     assert_eq!(items.len() as u64, n - 100);
     for (rev, chunk) in (10 + 2 * n..).zip(items.chunks(BATCH_ITEMS_MAX)) {

@@ -1,8 +1,12 @@
-//! Helpers shared by the store's integration tests.
+//! Helpers shared by the store's integration tests (each test crate uses some of them).
+
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
-use metakv_store::{BucketInfo, PAGE_ITEMS_MAX, Record, Scan, Store};
+use metakv_store::{
+    BucketInfo, PAGE_ITEMS_MAX, ReadView, Record, Scan, Store, TombstoneQuery, TombstoneRef,
+};
 
 /// Everything a caller can observe of a store: bucket rows, every record of every readable
 /// bucket (tombstones included), one meta value, and the last applied revision.
@@ -43,5 +47,19 @@ pub fn dump(store: &Store) -> Dump {
         records,
         meta,
         last_rev,
+    }
+}
+
+/// Every tombstone `query` selects, page after page.
+pub fn all_tombstones(view: &ReadView, query: &TombstoneQuery) -> Vec<TombstoneRef> {
+    let mut out = Vec::new();
+    let mut query = query.clone();
+    loop {
+        let page = view.tombstones(&query).unwrap();
+        out.extend(page.items);
+        match page.next {
+            Some(after) => query.after = Some(after),
+            None => return out,
+        }
     }
 }

@@ -148,7 +148,10 @@ impl Node {
             .map_err(blocking_err)?
             .map_err(Error::from_store)?;
         let store: SharedStore = Arc::new(RwLock::new(store));
-        let log = LogStore::open(&config.data_dir.join("raft-log.redb"))
+        let log_path = config.data_dir.join("raft-log.redb");
+        let log = tokio::task::spawn_blocking(move || LogStore::open(&log_path))
+            .await
+            .map_err(blocking_err)?
             .map_err(|e| io("opening the raft log", &e))?;
         let sm = StateMachine::new(Arc::clone(&store), config.data_dir.join("snapshots"))
             .map_err(|e| io("opening snapshots", &e))?;

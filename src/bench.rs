@@ -19,21 +19,21 @@ pub struct BenchArgs {
     pub value_bytes: usize,
     #[arg(long, default_value_t = 16)]
     pub key_bytes: usize,
-    /// A node of a running cluster; without it, a 3-node cluster on 127.0.0.1 in a temp dir.
-    #[arg(long, env = "METAKV_ENDPOINT")]
-    pub endpoint: Option<String>,
-    #[arg(long, default_value = "metakv", env = "METAKV_CLUSTER_ID")]
-    pub cluster_id: String,
 }
 
-pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs against `endpoint`, or against a 3-node cluster on 127.0.0.1 in a temp dir when `None`.
+pub fn run(
+    args: BenchArgs,
+    endpoint: Option<String>,
+    cluster_id: String,
+) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let dir = tempfile::Builder::new().prefix("metakv-bench-").tempdir()?;
         let mut nodes = Vec::new();
-        let endpoint = match &args.endpoint {
+        let endpoint = match &endpoint {
             Some(e) => e.clone(),
             None => {
                 let first = Node::start(NodeConfig::new(1, dir.path().join("n1"), "127.0.0.1:0")).await?;
@@ -47,7 +47,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 seed
             }
         };
-        let probe = Client::new(vec![endpoint.clone()], &args.cluster_id);
+        let probe = Client::new(vec![endpoint.clone()], &cluster_id);
         let status = probe.status().await?;
         let leader_addr = if status.role == Role::Leader {
             endpoint.clone()
@@ -65,7 +65,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..args.clients {
-            let (addr, cluster_id, value, key_bytes) = (leader_addr.clone(), args.cluster_id.clone(), value.clone(), args.key_bytes);
+            let (addr, cluster_id, value, key_bytes) = (leader_addr.clone(), cluster_id.clone(), value.clone(), args.key_bytes);
             tasks.push(tokio::spawn(async move {
                 let client = Client::new(vec![addr], &cluster_id);
                 let mut latencies = Vec::with_capacity(per_client);
@@ -79,13 +79,13 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Ok::<_, metakv::Error>(latencies)
             }));
         }
-        let before = Client::new(vec![leader_addr.clone()], &args.cluster_id).status().await?;
+        let before = Client::new(vec![leader_addr.clone()], &cluster_id).status().await?;
         let mut all: Vec<Duration> = Vec::with_capacity(args.ops);
         for t in tasks {
             all.extend(t.await??);
         }
         let elapsed = started.elapsed();
-        let after = Client::new(vec![leader_addr.clone()], &args.cluster_id).status().await?;
+        let after = Client::new(vec![leader_addr.clone()], &cluster_id).status().await?;
         all.sort();
         let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
         println!(

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod cli;
 mod demo;
 
 use std::path::PathBuf;
@@ -15,12 +16,29 @@ use metakv::{Node, NodeConfig};
 #[derive(Debug, Parser)]
 #[command(name = "metakv", version, about)]
 struct Cli {
+    /// A node of the cluster to talk to [default: 127.0.0.1:7379; `bench` without it starts
+    /// its own 3-node cluster].
+    #[arg(long, global = true, env = "METAKV_ENDPOINT")]
+    endpoint: Option<String>,
+    /// Nodes and clients of another cluster id refuse each other.
+    #[arg(
+        long,
+        global = true,
+        default_value = "metakv",
+        env = "METAKV_CLUSTER_ID"
+    )]
+    cluster_id: String,
+    /// One JSON object per result (one per line for ls and watch).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Client(cli::ClientCmd),
     /// Run a node. With no flags: node 1 in ./metakv-data on 127.0.0.1:7379, a single-node
     /// cluster initialized on first start.
     Serve {
@@ -37,9 +55,6 @@ enum Command {
         /// A member of a running cluster to join (a new node only; a restart needs no join).
         #[arg(long)]
         join: Option<String>,
-        /// Nodes and clients of another cluster id are refused.
-        #[arg(long, default_value = "metakv", env = "METAKV_CLUSTER_ID")]
-        cluster_id: String,
     },
     /// Closed-loop durable writes against a cluster: writes/s and p50/p99/max latency.
     Bench(bench::BenchArgs),
@@ -55,20 +70,23 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Client(cmd) => {
+            let endpoint = cli.endpoint.unwrap_or_else(|| "127.0.0.1:7379".into());
+            return cli::run(endpoint, cli.cluster_id, cli.json, cmd);
+        }
         Command::Demo { users } => demo::run(users),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(args, cli.endpoint, cli.cluster_id),
         Command::Serve {
             id,
             data_dir,
             listen,
             advertise,
             join,
-            cluster_id,
         } => {
             let mut config = NodeConfig::new(id, data_dir, listen);
             config.advertise = advertise;
             config.join = join;
-            config.cluster_id = cluster_id;
+            config.cluster_id = cli.cluster_id;
             serve(config)
         }
     };

@@ -1,5 +1,7 @@
 //! The `metakv` binary, run as a real process.
 
+mod common;
+
 use std::process::Command;
 
 fn metakv() -> Command {
@@ -38,4 +40,142 @@ fn unknown_command_is_a_usage_error() {
     let out = metakv().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
+}
+
+/// Runs the CLI against `addr`; returns exit code, stdout, stderr.
+fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = metakv()
+        .arg("--endpoint")
+        .arg(addr)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+#[test]
+fn client_commands_against_a_real_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let addr = node.addr.as_str();
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap();
+
+    assert_eq!(cli(addr, &["bucket", "create", "users"]).0, 0);
+    let (code, out, _) = cli(
+        addr,
+        &["--json", "put", "users", "ada", "admin", "--if-absent"],
+    );
+    assert_eq!(code, 0);
+    let rev = json(&out)["rev"].as_u64().unwrap();
+    let (code, out, _) = cli(addr, &["--json", "get", "users", "ada"]);
+    assert_eq!(code, 0);
+    let got = json(&out);
+    assert_eq!(
+        (
+            got["bucket"].as_str(),
+            got["key"].as_str(),
+            got["value"].as_str()
+        ),
+        (Some("users"), Some("ada"), Some("admin"))
+    );
+    assert_eq!(
+        (
+            got["rev"].as_u64(),
+            got["create_rev"].as_u64(),
+            got["version"].as_u64()
+        ),
+        (Some(rev), Some(rev), Some(1))
+    );
+    assert_eq!(
+        cli(addr, &["get", "users", "ada"]).1,
+        "admin",
+        "plain get prints the value as it is"
+    );
+
+    // Expectations: exit code 4, one line on stderr.
+    let (code, _, err) = cli(addr, &["put", "users", "ada", "x", "--if-absent"]);
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, _, _) = cli(
+        addr,
+        &["del", "users", "ada", "--if-rev", &(rev + 100).to_string()],
+    );
+    assert_eq!(code, 4);
+    // Not found: 3, for a key and for a bucket.
+    assert_eq!(cli(addr, &["get", "users", "nobody"]).0, 3);
+    assert_eq!(cli(addr, &["get", "nobucket", "k"]).0, 3);
+    assert_eq!(cli(addr, &["del", "users", "nobody"]).0, 3);
+
+    // A value from a file with invalid UTF-8 comes back as value_base64; ls with tombstones.
+    let file = dir.path().join("blob");
+    std::fs::write(&file, [0xff, 0x00, 0x01]).unwrap();
+    assert_eq!(
+        cli(
+            addr,
+            &["put", "users", "blob", "--file", file.to_str().unwrap()]
+        )
+        .0,
+        0
+    );
+    let (code, out, _) = cli(addr, &["--json", "del", "users", "ada"]);
+    assert_eq!(code, 0);
+    assert!(json(&out)["rev"].as_u64().unwrap() > rev);
+    let (code, out, _) = cli(addr, &["--json", "ls", "users", "--tombstones"]);
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (lines[0]["key"].as_str(), lines[0]["deleted"].as_bool()),
+        (Some("ada"), Some(true))
+    );
+    assert_eq!(
+        (lines[1]["key"].as_str(), lines[1]["value_base64"].as_str()),
+        (Some("blob"), Some("/wAB"))
+    );
+    assert_eq!(cli(addr, &["--json", "ls", "users"]).1.lines().count(), 1);
+
+    let (code, out, _) = cli(addr, &["--json", "bucket", "status", "users"]);
+    assert_eq!(code, 0);
+    let s = json(&out);
+    assert_eq!(
+        (
+            s["state"].as_str(),
+            s["records"].as_u64(),
+            s["tombstones"].as_u64()
+        ),
+        (Some("active"), Some(1), Some(1))
+    );
+    let (code, out, _) = cli(addr, &["--json", "cluster", "status"]);
+    assert_eq!(code, 0);
+    let s = json(&out);
+    assert_eq!(s["leader"].as_u64(), Some(1));
+    assert_eq!(s["nodes"][0]["role"].as_str(), Some("leader"));
+    assert!(s["nodes"][0]["file_bytes"].as_u64().unwrap() > 0);
+
+    // Bad input: an oversized value, a bad bucket name, an unreachable endpoint.
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).unwrap();
+    let (code, _, err) = cli(
+        addr,
+        &["put", "users", "big", "--file", big.to_str().unwrap()],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("over the limit") && err.lines().count() == 1,
+        "{err}"
+    );
+    let (code, _, err) = cli(addr, &["bucket", "create", "Bad Name"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid bucket name"), "{err}");
+    let (code, _, err) = cli("127.0.0.1:1", &["get", "users", "ada"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot connect") && err.lines().count() == 1,
+        "{err}"
+    );
 }

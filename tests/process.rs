@@ -1,56 +1,10 @@
 //! Real `metakv serve` processes: kill -9 of the leader, continued service, the old node
 //! restarted on its files catching up.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use common::serve;
 use metakv::{Client, Consistency, Expect, Kv, Role};
-
-/// A node process, killed when dropped.
-struct Proc {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `metakv serve` and reads the address it listens on from its first line.
-fn serve(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metakv"));
-    cmd.args([
-        "serve",
-        "--id",
-        &id.to_string(),
-        "--listen",
-        listen,
-        "--data-dir",
-    ])
-    .arg(dir.join(format!("node{id}")))
-    .stdout(Stdio::piped())
-    .stderr(log);
-    if let Some(seed) = join {
-        cmd.args(["--join", seed]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(
-        addr.starts_with("127.0.0.1:"),
-        "node {id} printed {line:?}; log: {}",
-        std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default()
-    );
-    Proc { child, addr }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_process_loses_no_acknowledged_write() {

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use metakv::{Kv, Node, NodeConfig, Role};
@@ -122,4 +125,49 @@ impl Cluster {
 /// The applied index every running node must reach after the last write through `node`.
 pub async fn applied_on(node: &Node) -> u64 {
     node.status().await.unwrap().applied
+}
+
+/// A node process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `metakv serve` and reads the address it listens on from its first line.
+pub fn serve(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metakv"));
+    cmd.args([
+        "serve",
+        "--id",
+        &id.to_string(),
+        "--listen",
+        listen,
+        "--data-dir",
+    ])
+    .arg(dir.join(format!("node{id}")))
+    .stdout(Stdio::piped())
+    .stderr(log);
+    if let Some(seed) = join {
+        cmd.args(["--join", seed]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "node {id} printed {line:?}; log: {}",
+        std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default()
+    );
+    Proc { child, addr }
 }

@@ -1,0 +1,481 @@
+//! The client and admin commands of `metakv`: they talk to any node of a running cluster.
+//!
+//! Exit codes: 0 success; 2 usage error (clap); 3 key or bucket not found; 4 expectation
+//! failed; 5 bucket paused; 1 any other error. Errors are one line on stderr.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::Subcommand;
+use metakv::{
+    Applied, Client, Consistency, Error, Expect, Kv, NodeStatus, Record, RejectionKind, Role,
+    WatchEvent,
+};
+use serde_json::{Value, json};
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Every member's role, applied index and file size, as each reports it.
+    Status,
+    /// The members and their addresses.
+    Members,
+    /// Adds node ID at ADDR (learner first, then voter once caught up).
+    AddNode { id: u64, addr: String },
+    /// Removes node ID from the voters.
+    RemoveNode { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BucketCmd {
+    Create {
+        name: String,
+    },
+    List,
+    Drop {
+        name: String,
+    },
+    /// State, live records and tombstones.
+    Status {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    #[command(subcommand)]
+    Bucket(BucketCmd),
+    /// Writes VALUE (or --file, or standard input) under KEY.
+    Put {
+        bucket: String,
+        key: String,
+        value: Option<String>,
+        #[arg(long, conflicts_with = "value")]
+        file: Option<std::path::PathBuf>,
+        /// Only if the key's current revision is N.
+        #[arg(long, conflicts_with = "if_absent")]
+        if_rev: Option<u64>,
+        /// Only if the key has no live record.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    Get {
+        bucket: String,
+        key: String,
+        /// This node's copy, without asking the leader (may be stale).
+        #[arg(long)]
+        local: bool,
+    },
+    Del {
+        bucket: String,
+        key: String,
+        #[arg(long)]
+        if_rev: Option<u64>,
+    },
+    /// Lists records in key order.
+    Ls {
+        bucket: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Lists tombstones too.
+        #[arg(long)]
+        tombstones: bool,
+    },
+    /// Prints changes as they happen (one line each), from revision --from-rev on.
+    Watch {
+        bucket: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 0)]
+        from_rev: u64,
+    },
+}
+
+/// A failure with its exit code.
+struct Fail(u8, String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        let code = match e.rejection_kind() {
+            Some(RejectionKind::BucketNotFound) => 3,
+            Some(RejectionKind::BucketPaused) => 5,
+            _ => 1,
+        };
+        Fail(code, e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Fail {
+        Fail(1, e.to_string())
+    }
+}
+
+pub fn run(endpoint: String, cluster_id: String, json: bool, cmd: ClientCmd) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(Fail(1, e.to_string())),
+    };
+    let client = Client::new(vec![endpoint], &cluster_id);
+    match runtime.block_on(command(&client, json, cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => fail(f),
+    }
+}
+
+fn fail(Fail(code, message): Fail) -> ExitCode {
+    eprintln!("metakv: {message}");
+    ExitCode::from(code)
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::Learner => "learner",
+        Role::Shutdown => "shutdown",
+    }
+}
+
+/// `value` as UTF-8 text when it is, else `value_base64`.
+fn value_field(obj: &mut serde_json::Map<String, Value>, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(s) => obj.insert("value".into(), json!(s)),
+        Err(_) => obj.insert(
+            "value_base64".into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(value)),
+        ),
+    };
+}
+
+fn record_json(bucket: Option<&str>, key: &[u8], r: &Record) -> Value {
+    let mut o = serde_json::Map::new();
+    if let Some(b) = bucket {
+        o.insert("bucket".into(), json!(b));
+    }
+    o.insert("key".into(), json!(String::from_utf8_lossy(key)));
+    value_field(&mut o, &r.value);
+    o.insert("rev".into(), json!(r.rev));
+    o.insert("create_rev".into(), json!(r.create_rev));
+    o.insert("version".into(), json!(r.version));
+    o.insert("deleted".into(), json!(r.deleted));
+    Value::Object(o)
+}
+
+fn written(applied: Applied, what: &str) -> Result<u64, Fail> {
+    match applied {
+        Applied::Written { rev } => Ok(rev),
+        Applied::Conflict { current } => Err(Fail(
+            4,
+            format!(
+                "{what}: expectation failed (current revision: {})",
+                current.map_or("none".into(), |r| r.to_string())
+            ),
+        )),
+        Applied::NotFound => Err(Fail(3, format!("{what}: not found"))),
+        other => Err(Fail(1, format!("{what}: unexpected answer {other:?}"))),
+    }
+}
+
+fn status_line(s: &NodeStatus) -> String {
+    format!(
+        "{:>4}  {:<21}  {:<9}  term {:<4} applied {:<8} committed {:<8} state {} B, log {} B",
+        s.id,
+        s.addr,
+        role(s.role),
+        s.term,
+        s.applied,
+        s.committed,
+        s.state_file_bytes,
+        s.log_file_bytes
+    )
+}
+
+async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail> {
+    match cmd {
+        ClientCmd::Cluster(ClusterCmd::Status) => {
+            let cs = client.cluster_status().await?;
+            if json {
+                let nodes: Vec<Value> = cs
+                    .nodes
+                    .iter()
+                    .map(|n| match &n.status {
+                        Ok(s) => json!({"id": s.id, "addr": s.addr, "role": role(s.role), "applied": s.applied, "committed": s.committed, "file_bytes": s.state_file_bytes + s.log_file_bytes}),
+                        Err(e) => json!({"id": n.member.id, "addr": n.member.addr, "role": "unreachable", "error": e}),
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"leader": cs.leader, "term": cs.term, "nodes": nodes})
+                );
+            } else {
+                println!(
+                    "leader {}  term {}",
+                    cs.leader.map_or("none".into(), |l| l.to_string()),
+                    cs.term
+                );
+                for n in &cs.nodes {
+                    match &n.status {
+                        Ok(s) => println!("{}", status_line(s)),
+                        Err(e) => println!(
+                            "{:>4}  {:<21}  unreachable: {e}",
+                            n.member.id, n.member.addr
+                        ),
+                    }
+                }
+            }
+        }
+        ClientCmd::Cluster(ClusterCmd::Members) => {
+            let s = client.status().await?;
+            if json {
+                let members: Vec<Value> = s
+                    .members
+                    .iter()
+                    .map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter}))
+                    .collect();
+                println!("{}", json!({"members": members}));
+            } else {
+                for m in &s.members {
+                    println!(
+                        "{:>4}  {:<21}  {}",
+                        m.id,
+                        m.addr,
+                        if m.voter { "voter" } else { "learner" }
+                    );
+                }
+            }
+        }
+        ClientCmd::Cluster(ClusterCmd::AddNode { id, addr }) => {
+            client.add_node(id, &addr).await?;
+            if json {
+                println!("{}", json!({"added": id}))
+            } else {
+                println!("node {id} at {addr} is a voter")
+            }
+        }
+        ClientCmd::Cluster(ClusterCmd::RemoveNode { id }) => {
+            client.remove_node(id).await?;
+            if json {
+                println!("{}", json!({"removed": id}))
+            } else {
+                println!("node {id} removed")
+            }
+        }
+        ClientCmd::Bucket(BucketCmd::Create { name }) => {
+            client.create_bucket(&name).await?;
+            if json {
+                println!("{}", json!({"bucket": name}))
+            } else {
+                println!("bucket {name} created")
+            }
+        }
+        ClientCmd::Bucket(BucketCmd::Drop { name }) => {
+            client.drop_bucket(&name).await?;
+            if json {
+                println!("{}", json!({"bucket": name, "dropped": true}))
+            } else {
+                println!("bucket {name} dropped")
+            }
+        }
+        ClientCmd::Bucket(BucketCmd::List) => {
+            for (name, info) in client.buckets().await? {
+                if name == metakv::store::SYS_BUCKET {
+                    continue;
+                }
+                if json {
+                    println!(
+                        "{}",
+                        json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones})
+                    );
+                } else {
+                    println!(
+                        "{name:<32} {:<9} {:>10} records {:>10} tombstones",
+                        info.state.as_str(),
+                        info.records,
+                        info.tombstones
+                    );
+                }
+            }
+        }
+        ClientCmd::Bucket(BucketCmd::Status { name }) => {
+            let info = client.bucket(&name).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones, "purge_floor": info.purge_floor})
+                );
+            } else {
+                println!(
+                    "{name}: {}, {} records, {} tombstones, purge floor {}",
+                    info.state.as_str(),
+                    info.records,
+                    info.tombstones,
+                    info.purge_floor
+                );
+            }
+        }
+        ClientCmd::Put {
+            bucket,
+            key,
+            value,
+            file,
+            if_rev,
+            if_absent,
+        } => {
+            let value = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(f)) => std::fs::read(&f)
+                    .map_err(|e| Fail(1, format!("reading {}: {e}", f.display())))?,
+                (None, None) => {
+                    let mut v = Vec::new();
+                    std::io::stdin().read_to_end(&mut v)?;
+                    v
+                }
+            };
+            let expect = match (if_rev, if_absent) {
+                (Some(r), _) => Expect::Rev(r),
+                (None, true) => Expect::Absent,
+                (None, false) => Expect::Any,
+            };
+            let rev = written(
+                client.put(&bucket, key.as_bytes(), &value, expect).await?,
+                &format!("put {bucket}/{key}"),
+            )?;
+            if json {
+                println!("{}", json!({"rev": rev}))
+            } else {
+                println!("{rev}")
+            }
+        }
+        ClientCmd::Get { bucket, key, local } => {
+            let consistency = if local {
+                Consistency::Local
+            } else {
+                Consistency::Linearizable
+            };
+            let record = client
+                .get_with(&bucket, key.as_bytes(), consistency, false)
+                .await?
+                .ok_or_else(|| Fail(3, format!("{bucket}/{key}: not found")))?;
+            if json {
+                println!("{}", record_json(Some(&bucket), key.as_bytes(), &record));
+            } else {
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                out.write_all(&record.value)?;
+                if std::io::IsTerminal::is_terminal(&out) {
+                    writeln!(out)?;
+                }
+            }
+        }
+        ClientCmd::Del {
+            bucket,
+            key,
+            if_rev,
+        } => {
+            let expect = if_rev.map_or(Expect::Any, Expect::Rev);
+            let rev = written(
+                client.delete(&bucket, key.as_bytes(), expect).await?,
+                &format!("del {bucket}/{key}"),
+            )?;
+            if json {
+                println!("{}", json!({"rev": rev}))
+            } else {
+                println!("{rev}")
+            }
+        }
+        ClientCmd::Ls {
+            bucket,
+            prefix,
+            limit,
+            tombstones,
+        } => {
+            let mut after = None;
+            let mut left = limit;
+            while left > 0 {
+                let page = client
+                    .scan(
+                        &bucket,
+                        prefix.as_bytes(),
+                        after.take(),
+                        left.min(1000) as u32,
+                        tombstones,
+                        Consistency::Linearizable,
+                    )
+                    .await?;
+                for (key, r) in &page.items {
+                    if json {
+                        let mut v = record_json(None, key, r);
+                        if let Value::Object(o) = &mut v {
+                            o.remove("create_rev");
+                            o.remove("version");
+                        }
+                        println!("{v}");
+                    } else {
+                        let flag = if r.deleted { " (deleted)" } else { "" };
+                        println!(
+                            "{}\trev {}{flag}\t{}",
+                            String::from_utf8_lossy(key),
+                            r.rev,
+                            String::from_utf8_lossy(&r.value)
+                        );
+                    }
+                }
+                left = left.saturating_sub(page.items.len());
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        ClientCmd::Watch {
+            bucket,
+            prefix,
+            from_rev,
+        } => {
+            let mut watch = client.watch(&bucket, prefix.as_bytes(), from_rev);
+            loop {
+                match watch.next().await? {
+                    WatchEvent::Change { key, record } => {
+                        if json {
+                            let mut v = record_json(None, &key, &record);
+                            if let Value::Object(o) = &mut v {
+                                o.insert(
+                                    "type".into(),
+                                    json!(if record.deleted { "delete" } else { "put" }),
+                                );
+                            }
+                            println!("{v}");
+                        } else {
+                            let kind = if record.deleted { "delete" } else { "put" };
+                            println!(
+                                "{} {kind} {} {}",
+                                record.rev,
+                                String::from_utf8_lossy(&key),
+                                String::from_utf8_lossy(&record.value)
+                            );
+                        }
+                    }
+                    WatchEvent::Compacted { floor } => {
+                        return Err(Fail(
+                            1,
+                            format!(
+                                "watch: changes up to revision {floor} were compacted; list the bucket and watch from there"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

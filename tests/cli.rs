@@ -179,3 +179,88 @@ fn client_commands_against_a_real_node() {
         "{err}"
     );
 }
+
+#[test]
+fn check_and_offline_compaction_of_a_stopped_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let addr = node.addr.clone();
+    assert_eq!(cli(&addr, &["bucket", "create", "users"]).0, 0);
+    let marker = "MARKER-value-easy-to-find-in-the-file";
+    assert_eq!(cli(&addr, &["put", "users", "ada", marker]).0, 0);
+    for i in 0..50 {
+        assert_eq!(
+            cli(
+                &addr,
+                &["put", "users", &format!("u{i}"), &"x".repeat(2000)]
+            )
+            .0,
+            0
+        );
+        assert_eq!(cli(&addr, &["del", "users", &format!("u{i}")]).0, 0);
+    }
+    // SIGTERM: the node stops cleanly and syncs its store.
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(node.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(node.child.wait().unwrap().success());
+    let data = dir.path().join("node1");
+    let data = data.to_str().unwrap();
+
+    let out = metakv()
+        .args(["--json", "check", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["ok"].as_bool(), report["file"].as_str()),
+        (Some(true), Some("clean"))
+    );
+
+    let out = metakv()
+        .args(["--json", "compact", "--offline", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = &report["files"][0];
+    assert_eq!(state["file"].as_str(), Some("state.redb"));
+    assert!(
+        state["bytes_after"].as_u64() <= state["bytes_before"].as_u64(),
+        "{report}"
+    );
+
+    // One flipped byte inside a record's value: check names the record and exits 1.
+    let path = dir.path().join("node1/state.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the value is in the file");
+    bytes[at + 5] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let out = metakv()
+        .args(["check", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("record users/\"ada\""), "{stdout}");
+    let out = metakv()
+        .args(["check", "--data-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a metakv data dir"));
+}

@@ -12,9 +12,132 @@ use metakv_store::{
 pub fn run(users: u32) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("metakv-demo-").tempdir()?;
+    println!("metakv demo in {}", dir.path().display());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(cluster_tour(dir.path(), users))?;
+    drop(runtime);
+    store_tour(dir.path(), users)?;
+    println!(
+        "done in {:.1?}; removing {}",
+        started.elapsed(),
+        dir.path().display()
+    );
+    Ok(())
+}
+
+/// A 3-node cluster on 127.0.0.1: writes through a follower, the same data on every node,
+/// the leader stopped and a new one serving every record.
+async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::error::Error>> {
+    use metakv::{Consistency, Kv, Node, NodeConfig, Role};
+    let config = |id: u64, join: Option<String>| {
+        let mut c = NodeConfig::new(id, dir.join(format!("node{id}")), "127.0.0.1:0");
+        c.join = join;
+        (
+            c.heartbeat_ms,
+            c.election_timeout_min_ms,
+            c.election_timeout_max_ms,
+        ) = (50, 250, 500);
+        c
+    };
+    let first = Node::start(config(1, None)).await?;
+    let seed = first.addr().to_owned();
+    let mut nodes = vec![first];
+    for id in 2..=3 {
+        nodes.push(Node::start(config(id, Some(seed.clone()))).await?);
+    }
+    let leader = nodes
+        .iter()
+        .find(|n| n.node_status().role == Role::Leader)
+        .ok_or("no leader")?
+        .id();
+    println!("cluster: 3 nodes on 127.0.0.1 (node {leader} leads)");
+    let via = nodes
+        .iter()
+        .find(|n| n.id() != leader)
+        .ok_or("no follower")?;
+    via.create_bucket("users").await?;
+    for i in 0..users {
+        let value = format!(r#"{{"name":"user {i}","role":"{}"}}"#, role(i));
+        via.put(
+            "users",
+            format!("user/{i:06}").as_bytes(),
+            value.as_bytes(),
+            Expect::Absent,
+        )
+        .await?;
+    }
+    for i in (0..users).filter(|i| i % 10 != 0) {
+        via.delete("users", format!("user/{i:06}").as_bytes(), Expect::Any)
+            .await?;
+    }
+    let live = users.div_ceil(10) as u64;
+    let dead = users as u64 - live;
+    println!(
+        "  wrote {users} users and deleted {dead} through node {} (a follower forwards to the leader)",
+        via.id()
+    );
+    for n in &nodes {
+        let info = n.bucket("users").await?;
+        if (info.records, info.tombstones) != (live, dead) {
+            return Err(format!(
+                "node {} has {} records and {} tombstones",
+                n.id(),
+                info.records,
+                info.tombstones
+            )
+            .into());
+        }
+    }
+    println!("  every node holds {live} live records and {dead} tombstones");
+    let old = nodes
+        .iter()
+        .position(|n| n.id() == leader)
+        .ok_or("leader gone")?;
+    nodes.remove(old).shutdown().await;
+    let mut new_leader = None;
+    for _ in 0..100 {
+        new_leader = nodes
+            .iter()
+            .find(|n| n.node_status().role == Role::Leader)
+            .map(|n| n.id());
+        if new_leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let new_leader = new_leader.ok_or("no new leader")?;
+    let mut served = 0;
+    let mut after = None;
+    loop {
+        let page = nodes[0]
+            .scan("users", b"", after, 1000, false, Consistency::Linearizable)
+            .await?;
+        served += page.items.len() as u64;
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    if served != live {
+        return Err(format!("the new leader serves {served} of {live} records").into());
+    }
+    println!(
+        "  stopped node {leader}: node {new_leader} leads now and serves all {served} records"
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The store underneath, on one node: tombstone GC, compaction, pause and resume, check.
+fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = &tempfile::Builder::new().prefix("store-").tempdir_in(dir)?;
     let store = Store::open(Config::new(dir.path().join("state.redb")))?;
     let mut clock = Clock::default();
-    println!("metakv demo: a store in {}", dir.path().display());
+    println!("store: one node's file, {}", dir.path().display());
 
     store.apply(
         &Op::CreateBucket {
@@ -126,11 +249,6 @@ pub fn run(users: u32) -> Result<(), Box<dyn std::error::Error>> {
     if !check.is_ok() {
         return Err(format!("check found problems: {:?}", check.problems).into());
     }
-    println!(
-        "done in {:.1?}; removing {}",
-        started.elapsed(),
-        dir.path().display()
-    );
     Ok(())
 }
 

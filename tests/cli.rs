@@ -18,6 +18,10 @@ fn demo_runs_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     for line in [
+        "cluster: 3 nodes on 127.0.0.1",
+        "wrote 2000 users and deleted 1800 through node",
+        "every node holds 200 live records and 1800 tombstones",
+        "leads now and serves all 200 records",
         "wrote 2000 users",
         "compare-and-set at a stale revision refused",
         "deleted 1800: 200 live records, 1800 tombstones",

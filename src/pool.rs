@@ -48,25 +48,22 @@ impl Pool {
         }
     }
 
-    /// One call on a pooled connection, or a new one. A pooled connection the peer has closed
-    /// since (a restart) is replaced once: the peer read nothing from it.
+    /// One call on a pooled connection, or a new one. Idle connections the peer has closed since
+    /// (a restart) are dropped before anything is sent on them; a call that fails after its
+    /// request was sent is not repeated, since the peer may have acted on it.
     pub(crate) async fn call(
         &self,
         addr: &str,
         request: &Request,
         ttl: Duration,
     ) -> Result<Reply, CallError> {
-        if let Some(mut conn) = self.take(addr) {
-            match conn.call(request, ttl).await {
-                Ok(reply) => {
-                    self.give(addr, conn);
-                    return Ok(reply);
-                }
-                Err(CallError::Closed) => {}
-                Err(e) => return Err(e),
+        let mut conn = loop {
+            match self.take(addr) {
+                Some(conn) if conn.is_stale() => continue,
+                Some(conn) => break conn,
+                None => break Conn::dial(addr, &self.cluster_id, self.from).await?,
             }
-        }
-        let mut conn = Conn::dial(addr, &self.cluster_id, self.from).await?;
+        };
         let reply = conn.call(request, ttl).await?;
         self.give(addr, conn);
         Ok(reply)

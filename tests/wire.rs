@@ -116,3 +116,23 @@ async fn bad_connections_are_refused_and_the_node_keeps_serving() {
     assert_eq!(client.get("b", b"k").await.unwrap().unwrap().value, b"v");
     cluster.shutdown().await;
 }
+
+/// A pooled connection whose node restarted must be noticed before a request is sent on it:
+/// re-sending after a failure could apply a write twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_to_a_stopped_node_is_stale_before_use() {
+    let mut cluster = Cluster::start(1).await;
+    let addr = cluster.node(1).addr().to_owned();
+    let conn = Conn::dial(&addr, "metakv", None).await.unwrap();
+    assert!(!conn.is_stale(), "a live idle connection is usable");
+    cluster.stop(1).await;
+    let mut stale = false;
+    for _ in 0..100 {
+        stale = conn.is_stale();
+        if stale {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stale, "the closed connection was not noticed");
+}

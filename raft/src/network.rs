@@ -94,6 +94,15 @@ impl Conn {
             .map_err(|_| connect(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
     }
 
+    /// True when the peer closed this idle connection (or sent something unasked): it must not
+    /// be used. Checked before a request is sent, so a request is never sent on a connection
+    /// that is already dead, and a request that failed after sending is never sent again.
+    pub fn is_stale(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let read = self.stream.get_ref().try_read(&mut probe);
+        !matches!(read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Sends `req` and waits up to `ttl` for its reply.
     pub async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Reply, CallError> {
         let fut = async {

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use metakv_raft::network::Network;
 use metakv_raft::server::{ServerConfig, Services, serve};
-use metakv_raft::{Command, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine};
+use metakv_raft::{
+    Command, LogClosed, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine,
+};
 use metakv_store::{Changes, Op, SYS_BUCKET, Scan, Store};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
@@ -87,6 +89,7 @@ struct Inner {
     raft: Raft,
     store: SharedStore,
     log_stats: Arc<LogStats>,
+    log_closed: LogClosed,
     pool: Pool,
     stop: watch::Sender<bool>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -209,6 +212,7 @@ impl Node {
             node_id: config.id,
         };
         let log_stats = log.stats();
+        let log_closed = log.closed();
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| io("starting raft", &e))?;
@@ -221,6 +225,7 @@ impl Node {
             raft: raft.clone(),
             store,
             log_stats,
+            log_closed,
             stop,
             server: std::sync::Mutex::new(None),
         });
@@ -326,6 +331,17 @@ impl Node {
         }
         let store = Arc::clone(&self.inner.store);
         let _ = tokio::task::spawn_blocking(move || store.read().map(|s| s.sync().ok()).ok()).await;
+        // Replication tasks and blocking calls still running hold the files open; wait (bounded)
+        // so that a restart in the same process finds them unlocked. The state file closes when
+        // the last `Node` handle is dropped.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !(self.inner.log_closed.is_closed() && Arc::strong_count(&self.inner.store) == 1) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("files still in use 10 s after shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Runs `f` on this node's copy of the store, on a blocking thread.

@@ -15,6 +15,6 @@ mod state_machine;
 pub mod types;
 pub mod wire;
 
-pub use log_store::{LOG_FORMAT, LogStats, LogStore};
+pub use log_store::{LOG_FORMAT, LogClosed, LogStats, LogStore};
 pub use state_machine::{META_APPLIED, META_MEMBERSHIP, SharedStore, SnapshotFile, StateMachine};
 pub use types::{Command, NodeAddr, Raft, Rejection, RejectionKind, Response, TypeConfig};

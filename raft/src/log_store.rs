@@ -59,6 +59,17 @@ pub struct LogStore {
     stats: Arc<LogStats>,
 }
 
+/// See [`LogStore::closed`].
+#[derive(Debug, Clone)]
+pub struct LogClosed(std::sync::Weak<Database>);
+
+impl LogClosed {
+    /// True once the file is closed.
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
 /// Counters of the log's durable appends: `entries / fsyncs` is the group-commit factor.
 #[derive(Debug, Default)]
 pub struct LogStats {
@@ -113,6 +124,12 @@ impl LogStore {
     /// The append counters, shared with every clone.
     pub fn stats(&self) -> Arc<LogStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// A handle that tells when every clone of this store is gone and the file is closed
+    /// (openraft hands clones to replication tasks that can outlive `Raft::shutdown` briefly).
+    pub fn closed(&self) -> LogClosed {
+        LogClosed(Arc::downgrade(&self.db))
     }
 
     fn meta<T: Serialize + DeserializeOwned>(db: &Database, key: &str) -> io::Result<Option<T>> {

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::gc::GcStatus;
+use metakv_gc::{JobId, JobRecord};
 
 /// Name of the client service on the transport.
 pub const CLIENT_SERVICE: &str = "client";
@@ -70,6 +72,16 @@ pub enum ClientRequest {
     /// Removes node `id` from the voters.
     Remove {
         id: u64,
+    },
+    /// Starts a tombstone GC job on the leader; answered with its id once every member has
+    /// answered the version probe. `min_age_ms` overrides the node's `gc.min_age`.
+    GcRun {
+        dry_run: bool,
+        min_age_ms: Option<u64>,
+    },
+    /// The running GC job (if any) and the last `limit` job records, newest first.
+    GcStatus {
+        limit: u32,
     },
 }
 
@@ -157,6 +169,8 @@ pub enum ClientReply {
     Buckets(Vec<(String, BucketInfo)>),
     Status(NodeStatus),
     ClusterStatus(ClusterStatus),
+    GcStarted(JobId),
+    GcStatus(GcStatus),
     Done,
     Error(Error),
 }
@@ -353,6 +367,44 @@ pub trait Kv {
         match self.request(ClientRequest::ClusterStatus).await? {
             ClientReply::ClusterStatus(s) => Ok(s),
             other => unexpected(other),
+        }
+    }
+
+    /// Starts a GC job (`dry_run`: report what would be purged, purge nothing); `Busy` with
+    /// the running job's id if one runs already.
+    async fn gc_run(&self, dry_run: bool, min_age_ms: Option<u64>) -> Result<JobId> {
+        match self
+            .request(ClientRequest::GcRun {
+                dry_run,
+                min_age_ms,
+            })
+            .await?
+        {
+            ClientReply::GcStarted(job) => Ok(job),
+            other => unexpected(other),
+        }
+    }
+
+    /// The running GC job and the last `limit` job records, newest first.
+    async fn gc_status(&self, limit: u32) -> Result<GcStatus> {
+        match self.request(ClientRequest::GcStatus { limit }).await? {
+            ClientReply::GcStatus(s) => Ok(s),
+            other => unexpected(other),
+        }
+    }
+
+    /// Waits for job `job` to end (polling every `poll`) and returns its record.
+    async fn gc_wait(&self, job: JobId, poll: std::time::Duration) -> Result<JobRecord> {
+        loop {
+            let status = self.gc_status(20).await?;
+            if let Some(r) = status
+                .jobs
+                .into_iter()
+                .find(|r| r.id == job && r.outcome.is_finished())
+            {
+                return Ok(r);
+            }
+            tokio::time::sleep(poll).await;
         }
     }
 

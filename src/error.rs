@@ -17,6 +17,9 @@ pub enum Error {
     /// it knows of. Safe to retry elsewhere: nothing was proposed.
     #[error("node is not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<u64> },
+    /// Another operation holds what this one needs (a GC job already running); try later.
+    #[error("busy: {0}")]
+    Busy(String),
     /// A node's storage failed; that node stops.
     #[error("storage failure: {0}")]
     Storage(String),

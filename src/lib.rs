@@ -9,6 +9,7 @@
 pub mod api;
 mod client;
 mod error;
+mod gc;
 mod node;
 mod pool;
 
@@ -18,6 +19,8 @@ pub use api::{
 };
 pub use client::Client;
 pub use error::{Error, Result};
+pub use gc::GcStatus;
+pub use metakv_gc::{self as gc_engine, GcConfig, JobId, JobRecord, Outcome as GcOutcome};
 pub use metakv_raft::{Rejection, RejectionKind};
 pub use metakv_store::{self as store, Applied, BucketInfo, BucketState, Expect, Op, Record};
 pub use node::{Node, NodeConfig};

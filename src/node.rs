@@ -24,7 +24,9 @@ use crate::api::{
     Member, MemberReport, NodeStatus, Role, ScanPage, applied,
 };
 use crate::error::{Error, Result};
+use crate::gc::{GcState, GcStatus};
 use crate::pool::{Pool, unavailable};
+use metakv_gc::GcConfig;
 
 /// How a node runs. [`NodeConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct NodeConfig {
     pub logs_kept_after_snapshot: u64,
     /// How long a client request waits for a leader or a forwarded answer.
     pub request_timeout: Duration,
+    /// Tombstone GC: triggers, minimum age, leases, batch sizes.
+    pub gc: GcConfig,
 }
 
 impl NodeConfig {
@@ -71,6 +75,7 @@ impl NodeConfig {
             snapshot_logs_since_last: 20_000,
             logs_kept_after_snapshot: 5_000,
             request_timeout: Duration::from_secs(10),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -78,19 +83,20 @@ impl NodeConfig {
 /// A running node. Cloning shares it; [`Node::shutdown`] stops it.
 #[derive(Debug, Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    id: u64,
+pub(crate) struct Inner {
+    pub(crate) id: u64,
     addr: String,
     config: NodeConfig,
     raft: Raft,
-    store: SharedStore,
+    pub(crate) store: SharedStore,
     log_stats: Arc<LogStats>,
     log_closed: LogClosed,
-    pool: Pool,
+    pub(crate) pool: Pool,
+    pub(crate) gc: GcState,
     stop: watch::Sender<bool>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -110,6 +116,12 @@ impl Services for NodeServices {
             let node = Node {
                 inner: inner.upgrade().ok_or("the node is shutting down")?,
             };
+            if service == metakv_gc::SERVICE {
+                let request: metakv_gc::AgentRequest = postcard::from_bytes(&payload)
+                    .map_err(|e| format!("undecodable GC request: {e}"))?;
+                let reply = node.agent_call(request).await;
+                return Ok(postcard::to_stdvec(&reply).expect("GC replies encode"));
+            }
             if service != CLIENT_SERVICE {
                 return Err(format!("no service {service:?} on this node"));
             }
@@ -152,7 +164,7 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     }))
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -217,7 +229,9 @@ impl Node {
             .await
             .map_err(|e| io("starting raft", &e))?;
         let (stop, stopped) = watch::channel(false);
+        let (gc, gc_ctl) = GcState::new(config.gc.clone());
         let inner = Arc::new(Inner {
+            gc,
             id: config.id,
             addr: addr.clone(),
             pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
@@ -234,6 +248,11 @@ impl Node {
             node_id: config.id,
             spool_dir: config.data_dir.join("snapshots"),
         });
+        tokio::spawn(crate::gc::drive(
+            Arc::downgrade(&inner),
+            gc_ctl,
+            stopped.clone(),
+        ));
         let services = Arc::new(NodeServices(Arc::downgrade(&inner)));
         let task = tokio::spawn(serve(
             listener,
@@ -345,7 +364,7 @@ impl Node {
     }
 
     /// Runs `f` on this node's copy of the store, on a blocking thread.
-    async fn local<T: Send + 'static>(
+    pub(crate) async fn local<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> metakv_store::Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -373,6 +392,20 @@ impl Node {
                 message: format!("bucket {SYS_BUCKET:?} is reserved for metakv's own records"),
             }));
         }
+        self.route(request, from).await
+    }
+
+    /// Applies an op of metakv's own (a write to `_sys`) through the leader.
+    pub(crate) async fn write_internal(&self, op: Op) -> Result<metakv_store::Applied> {
+        match self.route(ClientRequest::Write(op), None).await? {
+            ClientReply::Applied(a) => Ok(a),
+            ClientReply::Error(e) => Err(e),
+            other => Err(Error::Protocol(format!("a write answered {other:?}"))),
+        }
+    }
+
+    /// Answers here, or through the leader when it must answer.
+    async fn route(&self, request: ClientRequest, from: Option<u64>) -> Result<ClientReply> {
         let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
         loop {
             match self.try_handle(&request).await {
@@ -470,6 +503,13 @@ impl Node {
                 wait_ms,
             } => {
                 let applied = self.applied_index();
+                if wait_ms > 0 {
+                    self.inner.gc.pin(
+                        &bucket,
+                        after_rev,
+                        Duration::from_millis(wait_ms.into()),
+                    );
+                }
                 let mut page = self.changes_page(&bucket, &prefix, after_rev, limit).await;
                 let empty =
                     matches!(&page, Ok(ChangesPage::Events { events, .. }) if events.is_empty());
@@ -505,6 +545,34 @@ impl Node {
                     .map(ClientReply::Buckets)
             }
             ClientRequest::Status => Ok(ClientReply::Status(self.node_status())),
+            ClientRequest::GcRun {
+                dry_run,
+                min_age_ms,
+            } => {
+                let m = raft.metrics().borrow_watched().clone();
+                if m.state != ServerState::Leader {
+                    let addr = m.current_leader.and_then(|l| {
+                        m.membership_config
+                            .membership()
+                            .get_node(&l)
+                            .map(|n| n.addr.clone())
+                    });
+                    return Err(Redirect(m.current_leader.zip(addr)));
+                }
+                match self.inner.gc.run(dry_run, min_age_ms).await {
+                    Ok(Ok(job)) => Ok(ClientReply::GcStarted(job)),
+                    Ok(Err(Error::NotLeader { .. })) => return Err(Redirect(None)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::Unavailable("the node is shutting down".into())),
+                }
+            }
+            ClientRequest::GcStatus { limit } => {
+                self.linearize(Consistency::Linearizable).await?;
+                let running = self.inner.gc.progress();
+                self.gc_records(limit as usize)
+                    .await
+                    .map(|jobs| ClientReply::GcStatus(GcStatus { running, jobs }))
+            }
             ClientRequest::ClusterStatus => {
                 Ok(ClientReply::ClusterStatus(self.cluster_status_now().await))
             }
@@ -540,7 +608,7 @@ impl Node {
         })
     }
 
-    fn applied_index(&self) -> u64 {
+    pub(crate) fn applied_index(&self) -> u64 {
         let metrics = self.inner.raft.metrics();
         let applied = metrics.borrow_watched().last_applied;
         applied.map_or(0, |l| l.index)
@@ -576,7 +644,10 @@ impl Node {
 
     /// For a linearizable read: waits until this node, as leader, has applied everything
     /// committed before the read began (read index); redirects when another node leads.
-    async fn linearize(&self, consistency: Consistency) -> std::result::Result<(), Redirect> {
+    pub(crate) async fn linearize(
+        &self,
+        consistency: Consistency,
+    ) -> std::result::Result<(), Redirect> {
         if consistency == Consistency::Local {
             return Ok(());
         }
@@ -678,7 +749,7 @@ impl Node {
 
 /// The leader to ask instead, if known.
 #[derive(Debug)]
-struct Redirect(Option<(u64, String)>);
+pub(crate) struct Redirect(Option<(u64, String)>);
 
 fn redirect(id: Option<u64>, node: Option<NodeAddr>) -> Redirect {
     Redirect(id.zip(node.map(|n| n.addr)))

@@ -76,14 +76,25 @@ impl Pool {
         request: &ClientRequest,
         ttl: Duration,
     ) -> Result<ClientReply, CallError> {
-        let payload = postcard::to_stdvec(request).expect("client requests encode");
+        self.service_call(addr, CLIENT_SERVICE, request, ttl).await
+    }
+
+    /// A call to the named service at `addr`, postcard on both ways.
+    pub(crate) async fn service_call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        service: &str,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Rep, CallError> {
+        let payload = postcard::to_stdvec(request).expect("service requests encode");
         let service = Request::Service {
-            service: CLIENT_SERVICE.into(),
+            service: service.into(),
             payload,
         };
         match self.call(addr, &service, ttl).await? {
             Reply::Service(bytes) => postcard::from_bytes(&bytes)
-                .map_err(|e| CallError::Unexpected(format!("undecodable client reply: {e}"))),
+                .map_err(|e| CallError::Unexpected(format!("undecodable service reply: {e}"))),
             other => Err(CallError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -31,6 +31,14 @@ pub fn config(dir: &std::path::Path, id: u64, join: Option<String>) -> NodeConfi
     c.heartbeat_ms = 50;
     c.election_timeout_min_ms = 250;
     c.election_timeout_max_ms = 500;
+    // GC runs when a test asks, on tombstones of any age, in small pages and batches so that
+    // a job of a few thousand tombstones goes through every step many times.
+    c.gc.interval_ms = 0;
+    c.gc.tombstone_threshold = 0;
+    c.gc.min_age_ms = 0;
+    c.gc.page_size = 200;
+    c.gc.purge_batch = 100;
+    c.gc.call_timeout_ms = 5_000;
     c
 }
 

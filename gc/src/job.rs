@@ -1,0 +1,154 @@
+//! Jobs: their ids, settings and the record each one leaves in `_sys`.
+
+use std::fmt;
+
+use metakv_store::TombstoneRef;
+use serde::{Deserialize, Serialize};
+
+/// A job's id: the leader's term and a sequence within it. Unique across leaders (a term has
+/// one leader) and ordered by age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId {
+    pub term: u64,
+    pub seq: u64,
+}
+
+impl JobId {
+    /// The key of this job's record in `_sys`: [`crate::JOB_KEY_PREFIX`] then both parts
+    /// inverted in fixed-width hex, so a scan of the prefix lists the newest job first.
+    pub fn key(self) -> Vec<u8> {
+        let mut key = crate::JOB_KEY_PREFIX.to_vec();
+        key.extend_from_slice(format!("{:016x}{:016x}", !self.term, !self.seq).as_bytes());
+        key
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.term, self.seq)
+    }
+}
+
+/// GC settings; [`GcConfig::default`] gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcConfig {
+    /// A job starts this long after the last one (or after the node became leader); 0 turns
+    /// the timer off.
+    pub interval_ms: u64,
+    /// A job starts when the leader holds more tombstones than this; 0 turns it off.
+    pub tombstone_threshold: u64,
+    /// Tombstones younger than this are not collected, so watchers and compare-and-set see
+    /// deletes for at least this long.
+    pub min_age_ms: u64,
+    /// How long an agent holds a job without hearing from the manager.
+    pub lease_ms: u64,
+    /// Tombstones per page of a node's collection.
+    pub page_size: u32,
+    /// Agreed tombstones per `Purge` entry.
+    pub purge_batch: u32,
+    /// An agent call or a proposal that takes longer fails the job.
+    pub call_timeout_ms: u64,
+    /// A node's compaction that takes longer fails the job (the compaction itself finishes).
+    pub compact_timeout_ms: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_ms: 3_600_000,
+            tombstone_threshold: 1_000_000,
+            min_age_ms: 600_000,
+            lease_ms: 30_000,
+            page_size: 2_000,
+            purge_batch: 1_000,
+            call_timeout_ms: 20_000,
+            compact_timeout_ms: 600_000,
+        }
+    }
+}
+
+/// Why a job started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trigger {
+    Timer,
+    Threshold { tombstones: u64 },
+    Demand,
+}
+
+/// Where a job ended, or that it has not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Running,
+    /// Every follower is compacted and the leader hands leadership over; the next leader
+    /// compacts this node and finishes the record.
+    Handoff { compact: u64 },
+    Succeeded,
+    Failed { reason: String },
+}
+
+impl Outcome {
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Outcome::Succeeded | Outcome::Failed { .. })
+    }
+}
+
+/// How long one phase took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    pub phase: String,
+    pub ms: u64,
+}
+
+/// File bytes of one node's `state.redb` around its compaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCompaction {
+    pub node: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// What a job leaves in `_sys` under [`JobId::key`]: written when it starts, before a
+/// handoff and when it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    /// The node that ran the job (the leader of `id.term`).
+    pub leader: u64,
+    pub trigger: Trigger,
+    pub dry_run: bool,
+    pub min_age_ms: u64,
+    pub members: Vec<u64>,
+    /// Wall-clock times on the leader, in ms since the Unix epoch.
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub phases: Vec<PhaseTime>,
+    /// Collectable tombstones each node offered (up to where the intersection ended).
+    pub collected: Vec<(u64, u64)>,
+    /// Tombstones every node offered with the same revision.
+    pub agreed: u64,
+    /// Removed by the guarded purge, and left alone because the key changed since collection.
+    pub purged: u64,
+    pub skipped: u64,
+    pub compactions: Vec<NodeCompaction>,
+    /// For a dry run: the first agreed tombstones, to show what a real run would purge.
+    pub sample: Vec<TombstoneRef>,
+    pub outcome: Outcome,
+}
+
+impl JobRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("job records encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<JobRecord, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("undecodable GC job record: {e}"))
+    }
+
+    /// File bytes every compaction of this job gave back.
+    pub fn bytes_reclaimed(&self) -> u64 {
+        self.compactions
+            .iter()
+            .map(|c| c.bytes_before.saturating_sub(c.bytes_after))
+            .sum()
+    }
+}

@@ -1,0 +1,624 @@
+//! The node's side of tombstone GC: the thin async layer that runs `metakv-gc`'s state
+//! machines. The agent answers the `gc` service on every node; the driver task runs the
+//! manager while this node leads, carries out its actions (agent calls, purges through Raft,
+//! job records in `_sys`, the leadership handoff) and feeds their outcomes back as events.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use metakv_gc::{
+    Action, Agent, AgentAction, AgentReply, AgentRequest, Event, GcConfig, JOB_KEY_PREFIX, JobId,
+    JobRecord, Manager, Outcome, Progress, SERVICE, Trigger,
+};
+use metakv_raft::Command;
+use metakv_store::{Expect, Op, SYS_BUCKET, Scan, TombstoneQuery};
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::node::{Inner, Node, now_ms};
+
+/// How often the driver looks at leadership, membership, leases and triggers.
+const TICK: Duration = Duration::from_millis(250);
+/// A long-polling watcher pins tombstones for this long after its last poll could have ended.
+const PIN_GRACE: Duration = Duration::from_secs(10);
+/// Job records the janitor of a new leader looks at.
+const JANITOR_RECORDS: usize = 100;
+
+/// What `gc status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcStatus {
+    /// The job the leader runs now, if any.
+    pub running: Option<Progress>,
+    /// The last jobs' records, newest first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// A request to the driver.
+#[derive(Debug)]
+pub(crate) enum Ctl {
+    Run {
+        dry_run: bool,
+        min_age_ms: Option<u64>,
+        reply: oneshot::Sender<Result<JobId>>,
+    },
+}
+
+/// The GC state every node keeps: its agent and the pins of its open watchers.
+#[derive(Debug)]
+pub(crate) struct GcState {
+    pub(crate) config: GcConfig,
+    agent: Mutex<Agent>,
+    /// `(bucket, cursor)` of each long-poll seen lately, with when its pin lapses.
+    pins: Mutex<BTreeMap<(String, u64), Instant>>,
+    ctl: mpsc::UnboundedSender<Ctl>,
+    progress: Mutex<Option<Progress>>,
+    epoch: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl GcState {
+    pub(crate) fn new(config: GcConfig) -> (GcState, mpsc::UnboundedReceiver<Ctl>) {
+        let (ctl, rx) = mpsc::unbounded_channel();
+        let state = GcState {
+            config,
+            agent: Mutex::new(Agent::new()),
+            pins: Mutex::new(BTreeMap::new()),
+            ctl,
+            progress: Mutex::new(None),
+            epoch: Instant::now(),
+        };
+        (state, rx)
+    }
+
+    /// The agent's clock: ms since the node started (monotonic).
+    fn mono_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A watcher polls `bucket` after `cursor` and may wait `wait`: tombstones above the
+    /// cursor stay on this node until it has had the chance to see them.
+    pub(crate) fn pin(&self, bucket: &str, cursor: u64, wait: Duration) {
+        let until = Instant::now() + wait + PIN_GRACE;
+        let mut pins = lock(&self.pins);
+        let now = Instant::now();
+        pins.retain(|_, lapse| *lapse > now);
+        let slot = pins.entry((bucket.to_owned(), cursor)).or_insert(until);
+        *slot = (*slot).max(until);
+    }
+
+    /// The lowest live cursor per bucket.
+    fn pins_now(&self) -> BTreeMap<String, u64> {
+        let now = Instant::now();
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for ((bucket, cursor), lapse) in lock(&self.pins).iter() {
+            if *lapse > now {
+                let pin = out.entry(bucket.clone()).or_insert(*cursor);
+                *pin = (*pin).min(*cursor);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn progress(&self) -> Option<Progress> {
+        lock(&self.progress).clone()
+    }
+
+    pub(crate) fn run(&self, dry_run: bool, min_age_ms: Option<u64>) -> oneshot::Receiver<Result<JobId>> {
+        let (reply, rx) = oneshot::channel();
+        // A closed channel drops `reply`, and the caller reads that as "shutting down".
+        let _ = self.ctl.send(Ctl::Run {
+            dry_run,
+            min_age_ms,
+            reply,
+        });
+        rx
+    }
+}
+
+impl Node {
+    /// Answers one call of the `gc` service: the agent's part of a job.
+    pub(crate) async fn agent_call(&self, request: AgentRequest) -> AgentReply {
+        let gc = &self.inner.gc;
+        let action = lock(&gc.agent).request(gc.mono_ms(), self.applied_index(), request);
+        match action {
+            AgentAction::Reply(reply) => reply,
+            AgentAction::ReadPage(q) => {
+                let query = TombstoneQuery {
+                    after: q.after,
+                    limit: q.limit.min(metakv_store::PAGE_ITEMS_MAX as u32) as usize,
+                    max_rev: q.max_rev,
+                    deleted_at_or_before_ms: q.deleted_at_or_before_ms,
+                    pins: gc.pins_now(),
+                };
+                let page = self
+                    .local(move |s| s.read()?.tombstones(&query))
+                    .await
+                    .map(|p| (p.items, p.next))
+                    .map_err(|e| e.to_string());
+                lock(&gc.agent).page_read(q.job, page)
+            }
+            AgentAction::Compact { job } => {
+                let report = self.compact_state().await.map(|r| (r.0, r.1));
+                lock(&gc.agent).compacted(job, report.map_err(|e| e.to_string()))
+            }
+        }
+    }
+
+    /// Compacts `state.redb` in place. Every request that needs the store waits for it on the
+    /// store's lock (none fails); Raft keeps running and applies what it missed afterwards.
+    pub(crate) async fn compact_state(&self) -> Result<(u64, u64)> {
+        let store = std::sync::Arc::clone(&self.inner.store);
+        tokio::task::spawn_blocking(move || {
+            let mut store = store
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            store.sync()?;
+            store.compact().map(|r| (r.bytes_before, r.bytes_after))
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("compaction task: {e}")))?
+        .map_err(Error::from_store)
+    }
+
+    /// The last `limit` job records in `_sys`, newest first, as this node has them.
+    pub(crate) async fn gc_records(&self, limit: usize) -> Result<Vec<JobRecord>> {
+        let scan = Scan {
+            limit: limit.clamp(1, metakv_store::PAGE_ITEMS_MAX),
+            ..Scan::prefix(JOB_KEY_PREFIX)
+        };
+        let page = self.local(move |s| s.read()?.scan(SYS_BUCKET, &scan)).await?;
+        page.items
+            .iter()
+            .map(|(_, record)| JobRecord::decode(&record.value).map_err(Error::Storage))
+            .collect()
+    }
+
+    async fn write_record(&self, record: &JobRecord) -> Result<()> {
+        self.write_internal(Op::Put {
+            bucket: SYS_BUCKET.into(),
+            key: record.id.key(),
+            value: record.encode(),
+            expect: Expect::Any,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn call_agent(&self, node: u64, addr: Option<String>, request: AgentRequest, ttl: Duration) -> std::result::Result<AgentReply, String> {
+        if node == self.id() {
+            return tokio::time::timeout(ttl, self.agent_call(request))
+                .await
+                .map_err(|_| format!("no answer within {ttl:?}"));
+        }
+        let addr = addr.ok_or_else(|| format!("node {node} is not a member"))?;
+        self.inner
+            .pool
+            .service_call(&addr, SERVICE, &request, ttl)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The cluster as the driver needs it: members with addresses, and voters.
+struct View {
+    leader_term: Option<u64>,
+    members: BTreeMap<u64, String>,
+    voters: Vec<u64>,
+}
+
+fn view(node: &Node) -> View {
+    let m = node.raft().metrics().borrow_watched().clone();
+    let membership = m.membership_config.membership();
+    View {
+        leader_term: (m.state == ServerState::Leader).then_some(m.current_term),
+        members: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+        voters: membership.voter_ids().collect(),
+    }
+}
+
+/// What a finished future tells the driver.
+enum Step {
+    Gc(Event),
+    Probed {
+        trigger: Trigger,
+        dry_run: bool,
+        min_age_ms: u64,
+        reply: Option<oneshot::Sender<Result<JobId>>>,
+        probes: BTreeMap<u64, std::result::Result<u32, String>>,
+        members: Vec<u64>,
+        voters: Vec<u64>,
+    },
+    Janitor {
+        term: u64,
+        records: Result<Vec<JobRecord>>,
+    },
+    Tombstones(u64),
+}
+
+type Pending = FuturesUnordered<BoxFuture<'static, Step>>;
+
+/// The driver's own state across ticks.
+struct Driver {
+    me: u64,
+    config: GcConfig,
+    /// The manager of the term this node leads in.
+    manager: Option<Manager>,
+    /// A manager of an earlier term still writing its last record.
+    retiring: Option<Manager>,
+    starting: bool,
+    counting: bool,
+    members: Vec<u64>,
+    pending: Pending,
+}
+
+/// Runs on every node until `stop`: ticks the agent's leases and, while this node leads,
+/// the manager.
+pub(crate) async fn drive(
+    node: Weak<Inner>,
+    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(first) = node.upgrade() else { return };
+    let mut d = Driver {
+        me: first.id,
+        config: first.gc.config.clone(),
+        manager: None,
+        retiring: None,
+        starting: false,
+        counting: false,
+        members: Vec::new(),
+        pending: FuturesUnordered::new(),
+    };
+    drop(first);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        enum Input {
+            Ctl(Ctl),
+            Step(Step),
+            Tick,
+        }
+        let input = tokio::select! {
+            _ = stop.changed() => break,
+            Some(c) = ctl.recv() => Input::Ctl(c),
+            Some(s) = d.pending.next(), if !d.pending.is_empty() => Input::Step(s),
+            _ = tick.tick() => Input::Tick,
+        };
+        let Some(inner) = node.upgrade() else { break };
+        let node = Node { inner };
+        match input {
+            Input::Ctl(Ctl::Run {
+                dry_run,
+                min_age_ms,
+                reply,
+            }) => d.run(&node, Trigger::Demand, dry_run, min_age_ms, Some(reply)),
+            Input::Step(step) => d.step(&node, step),
+            Input::Tick => d.tick(&node),
+        }
+        *lock(&node.inner.gc.progress) = d.manager.as_ref().and_then(Manager::progress);
+    }
+}
+
+impl Driver {
+    fn tick(&mut self, node: &Node) {
+        let gc = &node.inner.gc;
+        if let Some(job) = lock(&gc.agent).tick(gc.mono_ms()) {
+            tracing::warn!(%job, "GC lease ran out; the job's hold on this node is dropped");
+        }
+        let v = view(node);
+        self.follow_leadership(node, &v);
+        let members: Vec<u64> = v.members.keys().copied().collect();
+        if members != self.members {
+            self.members = members.clone();
+            let mut actions = Vec::new();
+            for m in [&mut self.manager, &mut self.retiring].into_iter().flatten() {
+                actions.extend(m.on(now_ms(), Event::Membership {
+                    members: members.clone(),
+                }));
+            }
+            self.later(node, actions);
+        }
+        let now = now_ms();
+        let mut actions = Vec::new();
+        for m in [self.manager.as_mut(), self.retiring.as_mut()].into_iter().flatten() {
+            actions.extend(m.tick(now));
+        }
+        self.later(node, actions);
+        // Triggers: the timer, and the tombstone count (read off the bucket table).
+        if let Some(m) = &self.manager
+            && m.running().is_none()
+            && !self.starting
+            && !self.counting
+        {
+            if let Some(trigger) = m.due(now, 0) {
+                self.run(node, trigger, false, None, None);
+            } else if self.config.tombstone_threshold > 0 {
+                self.counting = true;
+                let node = node.clone();
+                self.pending.push(Box::pin(async move {
+                    let count = node
+                        .local(|s| s.read()?.buckets())
+                        .await
+                        .map(|b| b.iter().map(|(_, i)| i.tombstones).sum())
+                        .unwrap_or(0);
+                    Step::Tombstones(count)
+                }));
+            }
+        }
+    }
+
+    /// Starts a manager when this node becomes leader, retires it when it stops leading.
+    fn follow_leadership(&mut self, node: &Node, v: &View) {
+        let now = now_ms();
+        let current = self.manager.as_ref().map(Manager::term);
+        if current.is_some() && current != v.leader_term {
+            let mut old = self.manager.take().expect("checked");
+            let actions = old.on(now, Event::LeaderLost);
+            self.later(node, actions);
+            if old.running().is_some() {
+                self.retiring = Some(old);
+            }
+        }
+        if let Some(term) = v.leader_term
+            && self.manager.is_none()
+        {
+            self.manager = Some(Manager::new(self.me, term, self.config.clone(), now));
+            // The janitor: jobs an earlier leader left unfinished.
+            let node = node.clone();
+            self.pending.push(Box::pin(async move {
+                let records = async {
+                    node.linearize(crate::Consistency::Linearizable)
+                        .await
+                        .map_err(|_| Error::Unavailable("not the leader any more".into()))?;
+                    node.gc_records(JANITOR_RECORDS).await
+                }
+                .await;
+                Step::Janitor { term, records }
+            }));
+        }
+    }
+
+    fn run(
+        &mut self,
+        node: &Node,
+        trigger: Trigger,
+        dry_run: bool,
+        min_age_ms: Option<u64>,
+        reply: Option<oneshot::Sender<Result<JobId>>>,
+    ) {
+        let refuse = |reply: Option<oneshot::Sender<Result<JobId>>>, e: Error| {
+            if let Some(r) = reply {
+                let _ = r.send(Err(e));
+            }
+        };
+        let Some(m) = &self.manager else {
+            let leader = node.raft().metrics().borrow_watched().current_leader;
+            return refuse(reply, Error::NotLeader { leader });
+        };
+        if let Some(job) = m.running().or(self.retiring.as_ref().and_then(Manager::running)) {
+            return refuse(reply, Error::Busy(format!("GC job {job} is already running")));
+        }
+        if self.starting {
+            return refuse(reply, Error::Busy("a GC job is starting".into()));
+        }
+        self.starting = true;
+        let v = view(node);
+        let ttl = Duration::from_millis(self.config.call_timeout_ms);
+        let min_age_ms = min_age_ms.unwrap_or(self.config.min_age_ms);
+        let node = node.clone();
+        self.pending.push(Box::pin(async move {
+            let asks = v.members.iter().map(|(&id, addr)| {
+                let node = node.clone();
+                let addr = addr.clone();
+                async move {
+                    let probe = match node.call_agent(id, Some(addr), AgentRequest::Probe, ttl).await {
+                        Ok(AgentReply::Probe { protocol }) => Ok(protocol),
+                        Ok(other) => Err(format!("answered {other:?}")),
+                        Err(e) => Err(e),
+                    };
+                    (id, probe)
+                }
+            });
+            let probes = futures_util::future::join_all(asks).await.into_iter().collect();
+            Step::Probed {
+                trigger,
+                dry_run,
+                min_age_ms,
+                reply,
+                probes,
+                members: v.members.keys().copied().collect(),
+                voters: v.voters,
+            }
+        }));
+    }
+
+    fn step(&mut self, node: &Node, step: Step) {
+        let now = now_ms();
+        match step {
+            Step::Gc(event) => {
+                let term = event.job().map(|j| j.term);
+                let target = match (&mut self.manager, &mut self.retiring) {
+                    (Some(m), _) if m.running().map(|j| j.term) == term => Some(m),
+                    (_, Some(r)) if r.running().map(|j| j.term) == term => Some(r),
+                    (Some(m), _) => Some(m),
+                    _ => None,
+                };
+                if let Some(m) = target {
+                    let actions = m.on(now, event);
+                    self.later(node, actions);
+                }
+                if self.retiring.as_ref().is_some_and(|r| r.running().is_none()) {
+                    self.retiring = None;
+                }
+            }
+            Step::Probed {
+                trigger,
+                dry_run,
+                min_age_ms,
+                reply,
+                probes,
+                members,
+                voters,
+            } => {
+                self.starting = false;
+                let started = match &mut self.manager {
+                    None => Err(Error::NotLeader { leader: None }),
+                    Some(m) => m
+                        .start(now, trigger, dry_run, min_age_ms, &members, &voters, &probes)
+                        .map_err(|e| Error::Busy(e.to_string())),
+                };
+                match started {
+                    Ok((job, actions)) => {
+                        tracing::info!(%job, ?trigger, dry_run, min_age_ms, "GC job started");
+                        self.later(node, actions);
+                        if let Some(r) = reply {
+                            let _ = r.send(Ok(job));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, ?trigger, "GC job not started");
+                        if let Some(r) = reply {
+                            let _ = r.send(Err(e));
+                        }
+                    }
+                }
+            }
+            Step::Janitor { term, records } => {
+                let records = match records {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "GC janitor could not read the job records");
+                        return;
+                    }
+                };
+                for record in records.into_iter().filter(|r| r.id.term < term) {
+                    match record.outcome {
+                        Outcome::Handoff { compact } => {
+                            let Some(m) = self.manager.as_mut().filter(|m| m.term() == term) else {
+                                return;
+                            };
+                            tracing::info!(job = %record.id, compact, "GC job adopted from the previous leader");
+                            match m.adopt(now, record) {
+                                Ok(actions) => self.later(node, actions),
+                                Err(e) => tracing::warn!(error = %e, "GC job not adopted"),
+                            }
+                        }
+                        Outcome::Running => {
+                            let failed = Manager::stale(&record, now);
+                            tracing::warn!(job = %record.id, "GC job of a previous leader recorded as failed");
+                            let node = node.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = node.write_record(&failed).await {
+                                    tracing::warn!(error = %e, "recording a stale GC job");
+                                }
+                            });
+                        }
+                        Outcome::Succeeded | Outcome::Failed { .. } => {}
+                    }
+                }
+            }
+            Step::Tombstones(count) => {
+                self.counting = false;
+                if let Some(trigger) = self.manager.as_ref().and_then(|m| m.due(now, count)) {
+                    self.run(node, trigger, false, None, None);
+                }
+            }
+        }
+    }
+
+    /// Carries out the manager's actions; their outcomes come back through `pending`.
+    fn later(&mut self, node: &Node, actions: Vec<Action>) {
+        let config = &self.config;
+        for action in actions {
+            let node = node.clone();
+            match action {
+                Action::Call { node: id, request } => {
+                    let ttl = match request {
+                        AgentRequest::Compact { .. } => config.compact_timeout_ms,
+                        _ => config.call_timeout_ms,
+                    };
+                    let ttl = Duration::from_millis(ttl);
+                    let job = request.job().expect("manager calls belong to a job");
+                    let addr = view(&node).members.get(&id).cloned();
+                    self.pending.push(Box::pin(async move {
+                        Step::Gc(match node.call_agent(id, addr, request, ttl).await {
+                            Ok(reply) => Event::Reply { job, node: id, reply },
+                            Err(error) => Event::CallFailed { job, node: id, error },
+                        })
+                    }));
+                }
+                Action::Release { node: id, job } => {
+                    let addr = view(&node).members.get(&id).cloned();
+                    let ttl = Duration::from_millis(config.call_timeout_ms);
+                    tokio::spawn(async move {
+                        let _ = node.call_agent(id, addr, AgentRequest::Release { job }, ttl).await;
+                    });
+                }
+                Action::Purge { job, items } => {
+                    let ttl = Duration::from_millis(config.call_timeout_ms);
+                    self.pending.push(Box::pin(async move {
+                        let write = node.raft().client_write(Command {
+                            time_ms: now_ms(),
+                            op: Op::Purge { items },
+                        });
+                        Step::Gc(match tokio::time::timeout(ttl, write).await {
+                            Ok(Ok(r)) => match crate::api::applied(r.data) {
+                                Ok(metakv_store::Applied::Purged { purged, skipped }) => {
+                                    Event::Purged { job, purged, skipped }
+                                }
+                                Ok(other) => Event::PurgeFailed {
+                                    job,
+                                    error: format!("applied as {other:?}"),
+                                },
+                                Err(e) => Event::PurgeFailed { job, error: e.to_string() },
+                            },
+                            Ok(Err(e)) => Event::PurgeFailed { job, error: e.to_string() },
+                            Err(_) => Event::PurgeFailed {
+                                job,
+                                error: format!("not committed within {ttl:?}"),
+                            },
+                        })
+                    }));
+                }
+                Action::WriteRecord(record) => {
+                    let job = record.id;
+                    self.pending.push(Box::pin(async move {
+                        Step::Gc(match node.write_record(&record).await {
+                            Ok(()) => Event::RecordWritten { job },
+                            Err(e) => Event::RecordFailed { job, error: e.to_string() },
+                        })
+                    }));
+                }
+                Action::TransferLeader { to } => {
+                    tracing::info!(to, "GC hands leadership over before compacting this node");
+                    tokio::spawn(async move {
+                        if let Err(e) = node.raft().trigger().transfer_leader(to).await {
+                            tracing::warn!(error = %e, to, "leadership transfer");
+                        }
+                    });
+                }
+                Action::Finished(record) => {
+                    tracing::info!(
+                        job = %record.id,
+                        outcome = ?record.outcome,
+                        agreed = record.agreed,
+                        purged = record.purged,
+                        skipped = record.skipped,
+                        bytes_reclaimed = record.bytes_reclaimed(),
+                        "GC job finished"
+                    );
+                }
+            }
+        }
+    }
+}

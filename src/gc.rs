@@ -26,8 +26,6 @@ use crate::node::{Inner, Node, now_ms};
 
 /// How often the driver looks at leadership, membership, leases and triggers.
 const TICK: Duration = Duration::from_millis(250);
-/// A long-polling watcher pins tombstones for this long after its last poll could have ended.
-const PIN_GRACE: Duration = Duration::from_secs(10);
 /// Job records the janitor of a new leader looks at.
 const JANITOR_RECORDS: usize = 100;
 
@@ -88,7 +86,7 @@ impl GcState {
     /// A watcher polls `bucket` after `cursor` and may wait `wait`: tombstones above the
     /// cursor stay on this node until it has had the chance to see them.
     pub(crate) fn pin(&self, bucket: &str, cursor: u64, wait: Duration) {
-        let until = Instant::now() + wait + PIN_GRACE;
+        let until = Instant::now() + wait + Duration::from_millis(self.config.pin_grace_ms);
         let mut pins = lock(&self.pins);
         let now = Instant::now();
         pins.retain(|_, lapse| *lapse > now);
@@ -113,7 +111,11 @@ impl GcState {
         lock(&self.progress).clone()
     }
 
-    pub(crate) fn run(&self, dry_run: bool, min_age_ms: Option<u64>) -> oneshot::Receiver<Result<JobId>> {
+    pub(crate) fn run(
+        &self,
+        dry_run: bool,
+        min_age_ms: Option<u64>,
+    ) -> oneshot::Receiver<Result<JobId>> {
         let (reply, rx) = oneshot::channel();
         // A closed channel drops `reply`, and the caller reads that as "shutting down".
         let _ = self.ctl.send(Ctl::Run {
@@ -176,7 +178,9 @@ impl Node {
             limit: limit.clamp(1, metakv_store::PAGE_ITEMS_MAX),
             ..Scan::prefix(JOB_KEY_PREFIX)
         };
-        let page = self.local(move |s| s.read()?.scan(SYS_BUCKET, &scan)).await?;
+        let page = self
+            .local(move |s| s.read()?.scan(SYS_BUCKET, &scan))
+            .await?;
         page.items
             .iter()
             .map(|(_, record)| JobRecord::decode(&record.value).map_err(Error::Storage))
@@ -194,7 +198,13 @@ impl Node {
         .map(|_| ())
     }
 
-    async fn call_agent(&self, node: u64, addr: Option<String>, request: AgentRequest, ttl: Duration) -> std::result::Result<AgentReply, String> {
+    async fn call_agent(
+        &self,
+        node: u64,
+        addr: Option<String>,
+        request: AgentRequest,
+        ttl: Duration,
+    ) -> std::result::Result<AgentReply, String> {
         if node == self.id() {
             return tokio::time::timeout(ttl, self.agent_call(request))
                 .await
@@ -221,7 +231,10 @@ fn view(node: &Node) -> View {
     let membership = m.membership_config.membership();
     View {
         leader_term: (m.state == ServerState::Leader).then_some(m.current_term),
-        members: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+        members: membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect(),
         voters: membership.voter_ids().collect(),
     }
 }
@@ -321,16 +334,25 @@ impl Driver {
         if members != self.members {
             self.members = members.clone();
             let mut actions = Vec::new();
-            for m in [&mut self.manager, &mut self.retiring].into_iter().flatten() {
-                actions.extend(m.on(now_ms(), Event::Membership {
-                    members: members.clone(),
-                }));
+            for m in [&mut self.manager, &mut self.retiring]
+                .into_iter()
+                .flatten()
+            {
+                actions.extend(m.on(
+                    now_ms(),
+                    Event::Membership {
+                        members: members.clone(),
+                    },
+                ));
             }
             self.later(node, actions);
         }
         let now = now_ms();
         let mut actions = Vec::new();
-        for m in [self.manager.as_mut(), self.retiring.as_mut()].into_iter().flatten() {
+        for m in [self.manager.as_mut(), self.retiring.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             actions.extend(m.tick(now));
         }
         self.later(node, actions);
@@ -405,8 +427,14 @@ impl Driver {
             let leader = node.raft().metrics().borrow_watched().current_leader;
             return refuse(reply, Error::NotLeader { leader });
         };
-        if let Some(job) = m.running().or(self.retiring.as_ref().and_then(Manager::running)) {
-            return refuse(reply, Error::Busy(format!("GC job {job} is already running")));
+        if let Some(job) = m
+            .running()
+            .or(self.retiring.as_ref().and_then(Manager::running))
+        {
+            return refuse(
+                reply,
+                Error::Busy(format!("GC job {job} is already running")),
+            );
         }
         if self.starting {
             return refuse(reply, Error::Busy("a GC job is starting".into()));
@@ -421,7 +449,10 @@ impl Driver {
                 let node = node.clone();
                 let addr = addr.clone();
                 async move {
-                    let probe = match node.call_agent(id, Some(addr), AgentRequest::Probe, ttl).await {
+                    let probe = match node
+                        .call_agent(id, Some(addr), AgentRequest::Probe, ttl)
+                        .await
+                    {
                         Ok(AgentReply::Probe { protocol }) => Ok(protocol),
                         Ok(other) => Err(format!("answered {other:?}")),
                         Err(e) => Err(e),
@@ -429,7 +460,10 @@ impl Driver {
                     (id, probe)
                 }
             });
-            let probes = futures_util::future::join_all(asks).await.into_iter().collect();
+            let probes = futures_util::future::join_all(asks)
+                .await
+                .into_iter()
+                .collect();
             Step::Probed {
                 trigger,
                 dry_run,
@@ -457,7 +491,11 @@ impl Driver {
                     let actions = m.on(now, event);
                     self.later(node, actions);
                 }
-                if self.retiring.as_ref().is_some_and(|r| r.running().is_none()) {
+                if self
+                    .retiring
+                    .as_ref()
+                    .is_some_and(|r| r.running().is_none())
+                {
                     self.retiring = None;
                 }
             }
@@ -474,7 +512,9 @@ impl Driver {
                 let started = match &mut self.manager {
                     None => Err(Error::NotLeader { leader: None }),
                     Some(m) => m
-                        .start(now, trigger, dry_run, min_age_ms, &members, &voters, &probes)
+                        .start(
+                            now, trigger, dry_run, min_age_ms, &members, &voters, &probes,
+                        )
                         .map_err(|e| Error::Busy(e.to_string())),
                 };
                 match started {
@@ -552,8 +592,16 @@ impl Driver {
                     let addr = view(&node).members.get(&id).cloned();
                     self.pending.push(Box::pin(async move {
                         Step::Gc(match node.call_agent(id, addr, request, ttl).await {
-                            Ok(reply) => Event::Reply { job, node: id, reply },
-                            Err(error) => Event::CallFailed { job, node: id, error },
+                            Ok(reply) => Event::Reply {
+                                job,
+                                node: id,
+                                reply,
+                            },
+                            Err(error) => Event::CallFailed {
+                                job,
+                                node: id,
+                                error,
+                            },
                         })
                     }));
                 }
@@ -561,7 +609,9 @@ impl Driver {
                     let addr = view(&node).members.get(&id).cloned();
                     let ttl = Duration::from_millis(config.call_timeout_ms);
                     tokio::spawn(async move {
-                        let _ = node.call_agent(id, addr, AgentRequest::Release { job }, ttl).await;
+                        let _ = node
+                            .call_agent(id, addr, AgentRequest::Release { job }, ttl)
+                            .await;
                     });
                 }
                 Action::Purge { job, items } => {
@@ -574,15 +624,25 @@ impl Driver {
                         Step::Gc(match tokio::time::timeout(ttl, write).await {
                             Ok(Ok(r)) => match crate::api::applied(r.data) {
                                 Ok(metakv_store::Applied::Purged { purged, skipped }) => {
-                                    Event::Purged { job, purged, skipped }
+                                    Event::Purged {
+                                        job,
+                                        purged,
+                                        skipped,
+                                    }
                                 }
                                 Ok(other) => Event::PurgeFailed {
                                     job,
                                     error: format!("applied as {other:?}"),
                                 },
-                                Err(e) => Event::PurgeFailed { job, error: e.to_string() },
+                                Err(e) => Event::PurgeFailed {
+                                    job,
+                                    error: e.to_string(),
+                                },
                             },
-                            Ok(Err(e)) => Event::PurgeFailed { job, error: e.to_string() },
+                            Ok(Err(e)) => Event::PurgeFailed {
+                                job,
+                                error: e.to_string(),
+                            },
                             Err(_) => Event::PurgeFailed {
                                 job,
                                 error: format!("not committed within {ttl:?}"),
@@ -595,7 +655,10 @@ impl Driver {
                     self.pending.push(Box::pin(async move {
                         Step::Gc(match node.write_record(&record).await {
                             Ok(()) => Event::RecordWritten { job },
-                            Err(e) => Event::RecordFailed { job, error: e.to_string() },
+                            Err(e) => Event::RecordFailed {
+                                job,
+                                error: e.to_string(),
+                            },
                         })
                     }));
                 }

@@ -504,11 +504,9 @@ impl Node {
             } => {
                 let applied = self.applied_index();
                 if wait_ms > 0 {
-                    self.inner.gc.pin(
-                        &bucket,
-                        after_rev,
-                        Duration::from_millis(wait_ms.into()),
-                    );
+                    self.inner
+                        .gc
+                        .pin(&bucket, after_rev, Duration::from_millis(wait_ms.into()));
                 }
                 let mut page = self.changes_page(&bucket, &prefix, after_rev, limit).await;
                 let empty =

@@ -45,7 +45,9 @@ pub enum AgentAction {
     /// Read this page, then report it with [`Agent::page_read`].
     ReadPage(PageQuery),
     /// Compact the state file, then report with [`Agent::compacted`].
-    Compact { job: JobId },
+    Compact {
+        job: JobId,
+    },
 }
 
 /// The agent's state machine. Time is the agent's own clock in ms, passed in by the caller.

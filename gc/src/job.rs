@@ -50,6 +50,9 @@ pub struct GcConfig {
     pub call_timeout_ms: u64,
     /// A node's compaction that takes longer fails the job (the compaction itself finishes).
     pub compact_timeout_ms: u64,
+    /// A watcher's long poll pins the tombstones above its cursor on its node for the poll's
+    /// wait plus this long, so that one that polls again promptly stays pinned.
+    pub pin_grace_ms: u64,
 }
 
 impl Default for GcConfig {
@@ -63,6 +66,7 @@ impl Default for GcConfig {
             purge_batch: 1_000,
             call_timeout_ms: 20_000,
             compact_timeout_ms: 600_000,
+            pin_grace_ms: 10_000,
         }
     }
 }
@@ -81,9 +85,13 @@ pub enum Outcome {
     Running,
     /// Every follower is compacted and the leader hands leadership over; the next leader
     /// compacts this node and finishes the record.
-    Handoff { compact: u64 },
+    Handoff {
+        compact: u64,
+    },
     Succeeded,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 impl Outcome {

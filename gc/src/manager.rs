@@ -73,7 +73,9 @@ pub enum Event {
     /// This node is no longer the leader.
     LeaderLost,
     /// The cluster's members now (voters and learners).
-    Membership { members: Vec<u64> },
+    Membership {
+        members: Vec<u64>,
+    },
 }
 
 impl Event {
@@ -94,11 +96,19 @@ impl Event {
 /// Why a job did not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartError {
-    AlreadyRunning { job: JobId },
+    AlreadyRunning {
+        job: JobId,
+    },
     /// A member speaks an older GC protocol: the cluster waits until it is upgraded.
-    Version { node: u64, protocol: u32 },
+    Version {
+        node: u64,
+        protocol: u32,
+    },
     /// A member did not answer the probe.
-    Unreachable { node: u64, error: String },
+    Unreachable {
+        node: u64,
+        error: String,
+    },
 }
 
 impl std::fmt::Display for StartError {
@@ -285,10 +295,7 @@ impl Manager {
             match probes.get(&node) {
                 Some(Ok(p)) if *p >= PROTOCOL_MIN => {}
                 Some(Ok(p)) => {
-                    return Err(StartError::Version {
-                        node,
-                        protocol: *p,
-                    });
+                    return Err(StartError::Version { node, protocol: *p });
                 }
                 Some(Err(e)) => {
                     return Err(StartError::Unreachable {
@@ -403,11 +410,23 @@ impl Manager {
             overdue(since, limit)
         });
         if let Some((&node, _)) = late_call {
-            self.fail(now_ms, format!("node {node} did not answer in time"), &mut actions);
+            self.fail(
+                now_ms,
+                format!("node {node} did not answer in time"),
+                &mut actions,
+            );
         } else if j.purge_since.is_some_and(|s| overdue(s, timeout)) {
-            self.fail(now_ms, "a purge was not committed in time".into(), &mut actions);
+            self.fail(
+                now_ms,
+                "a purge was not committed in time".into(),
+                &mut actions,
+            );
         } else if j.record_since.is_some_and(|s| overdue(s, timeout)) {
-            self.record_done(now_ms, Err("the job record was not committed in time".into()), &mut actions);
+            self.record_done(
+                now_ms,
+                Err("the job record was not committed in time".into()),
+                &mut actions,
+            );
         } else if let Phase::Transfer { since_ms } = j.phase
             && overdue(since_ms, timeout)
         {
@@ -470,7 +489,8 @@ impl Manager {
             Event::Membership { mut members } => {
                 members.sort_unstable();
                 members.dedup();
-                if matches!(j.phase, Phase::Starting | Phase::Collect) && members != j.record.members
+                if matches!(j.phase, Phase::Starting | Phase::Collect)
+                    && members != j.record.members
                 {
                     let reason = format!(
                         "membership changed from {:?} to {members:?} during the job",
@@ -543,7 +563,10 @@ impl Manager {
         }
         loop {
             // A node whose stream ended with nothing left ends the intersection.
-            if j.cursors.values().any(|c| c.buf.is_empty() && !c.more && !c.waiting) {
+            if j.cursors
+                .values()
+                .any(|c| c.buf.is_empty() && !c.more && !c.waiting)
+            {
                 break;
             }
             let mut need_more = false;
@@ -563,7 +586,10 @@ impl Manager {
             if need_more {
                 return;
             }
-            let heads = j.cursors.values().map(|c| c.buf.front().expect("not empty"));
+            let heads = j
+                .cursors
+                .values()
+                .map(|c| c.buf.front().expect("not empty"));
             let max = heads.clone().map(key_of).max().expect("members");
             let all_same = heads.clone().all(|h| key_of(h) == max);
             if all_same {
@@ -674,7 +700,10 @@ impl Manager {
                 let request = AgentRequest::Collect {
                     job: j.record.id,
                     lease_ms: self.config.lease_ms,
-                    deleted_at_or_before_ms: j.record.started_ms.saturating_sub(j.record.min_age_ms),
+                    deleted_at_or_before_ms: j
+                        .record
+                        .started_ms
+                        .saturating_sub(j.record.min_age_ms),
                     page_size: self.config.page_size.max(1),
                 };
                 for &node in &j.record.members {

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use base64::Engine;
 use clap::Subcommand;
 use metakv::{
-    Applied, Client, Consistency, Error, Expect, Kv, NodeStatus, Record, RejectionKind, Role,
-    WatchEvent,
+    Applied, Client, Consistency, Error, Expect, GcOutcome, JobRecord, Kv, NodeStatus, Record,
+    RejectionKind, Role, WatchEvent,
 };
 use serde_json::{Value, json};
 
@@ -42,9 +42,54 @@ pub enum BucketCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum GcCmd {
+    /// Runs a tombstone GC job now and waits for it, showing its progress.
+    Run {
+        /// Report what would be purged; purge and compact nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Collect only tombstones at least this old (e.g. 0, 30s, 10m, 1h); default: the
+        /// cluster's gc.min_age.
+        #[arg(long, value_parser = parse_duration_ms)]
+        min_age: Option<u64>,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The running job and the last jobs' records, newest first.
+    Status {
+        #[arg(long, default_value_t = 5)]
+        limit: u32,
+    },
+}
+
+/// `0`, `500ms`, `30s`, `10m`, `1h`, `2d` as milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 0, 500ms, 30s, 10m, 1h)"))?;
+    let scale = match unit {
+        "" if n == 0 => 1,
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: a duration needs a unit: ms, s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClientCmd {
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    #[command(subcommand)]
+    Gc(GcCmd),
     #[command(subcommand)]
     Bucket(BucketCmd),
     /// Writes VALUE (or --file, or standard input) under KEY.
@@ -200,8 +245,136 @@ fn status_line(s: &NodeStatus) -> String {
     )
 }
 
+fn outcome(o: &GcOutcome) -> String {
+    match o {
+        GcOutcome::Running => "running".into(),
+        GcOutcome::Handoff { compact } => format!("running (next leader compacts node {compact})"),
+        GcOutcome::Succeeded => "succeeded".into(),
+        GcOutcome::Failed { reason } => format!("failed: {reason}"),
+    }
+}
+
+fn print_job(r: &JobRecord) {
+    let took = r.finished_ms.map_or(String::new(), |f| {
+        format!(", took {} ms", f.saturating_sub(r.started_ms))
+    });
+    println!(
+        "job {}{}  {}  ({:?} on leader {}, min age {} ms{took})",
+        r.id,
+        if r.dry_run { " (dry run)" } else { "" },
+        outcome(&r.outcome),
+        r.trigger,
+        r.leader,
+        r.min_age_ms
+    );
+    let collected: Vec<String> = r
+        .collected
+        .iter()
+        .map(|(n, c)| format!("node {n}: {c}"))
+        .collect();
+    println!("  collected  {}", collected.join(", "));
+    println!(
+        "  agreed {}  purged {}  skipped by the guard {}",
+        r.agreed, r.purged, r.skipped
+    );
+    for c in &r.compactions {
+        println!(
+            "  node {} state file {} B -> {} B",
+            c.node, c.bytes_before, c.bytes_after
+        );
+    }
+    if !r.phases.is_empty() {
+        let phases: Vec<String> = r
+            .phases
+            .iter()
+            .map(|p| format!("{} {} ms", p.phase, p.ms))
+            .collect();
+        println!("  phases  {}", phases.join(", "));
+    }
+    for t in &r.sample {
+        println!(
+            "  would purge {}/{} @{}",
+            t.bucket,
+            String::from_utf8_lossy(&t.key),
+            t.rev
+        );
+    }
+}
+
 async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail> {
     match cmd {
+        ClientCmd::Gc(GcCmd::Run {
+            dry_run,
+            min_age,
+            no_wait,
+        }) => {
+            let job = client.gc_run(dry_run, min_age).await?;
+            if no_wait {
+                if json {
+                    println!("{}", json!({"job": job.to_string()}));
+                } else {
+                    println!("job {job} started");
+                }
+                return Ok(());
+            }
+            eprintln!("metakv: GC job {job} started");
+            let mut last = String::new();
+            let record = loop {
+                let status = client.gc_status(20).await?;
+                if let Some(r) = status
+                    .jobs
+                    .iter()
+                    .find(|r| r.id == job && r.outcome.is_finished())
+                {
+                    break r.clone();
+                }
+                if let Some(p) = status.running.filter(|p| p.job == job) {
+                    let line = format!(
+                        "{}: collected {:?}, agreed {}, purged {}, compacted nodes {:?}",
+                        p.phase, p.collected, p.agreed, p.purged, p.compacted
+                    );
+                    if line != last {
+                        eprintln!("metakv: {line}");
+                        last = line;
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_value(&record).map_err(|e| Fail(1, e.to_string()))?
+                );
+            } else {
+                print_job(&record);
+            }
+            if let GcOutcome::Failed { reason } = &record.outcome {
+                return Err(Fail(1, format!("GC job {job} failed: {reason}")));
+            }
+        }
+        ClientCmd::Gc(GcCmd::Status { limit }) => {
+            let status = client.gc_status(limit).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_value(&status).map_err(|e| Fail(1, e.to_string()))?
+                );
+            } else {
+                match &status.running {
+                    Some(p) => println!(
+                        "running: job {} in {}, agreed {}, purged {}",
+                        p.job, p.phase, p.agreed, p.purged
+                    ),
+                    None => println!("no job running"),
+                }
+                if status.jobs.is_empty() {
+                    println!("no job has run yet");
+                }
+                for r in &status.jobs {
+                    print_job(r);
+                }
+            }
+        }
         ClientCmd::Cluster(ClusterCmd::Status) => {
             let cs = client.cluster_status().await?;
             if json {

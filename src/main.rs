@@ -56,6 +56,15 @@ enum Command {
         /// A member of a running cluster to join (a new node only; a restart needs no join).
         #[arg(long)]
         join: Option<String>,
+        /// Time between tombstone GC jobs while this node leads (0: only on demand).
+        #[arg(long, default_value = "1h", value_parser = cli::parse_duration_ms)]
+        gc_interval: u64,
+        /// A GC job starts when the leader holds more tombstones than this (0: off).
+        #[arg(long, default_value_t = 1_000_000)]
+        gc_threshold: u64,
+        /// Tombstones younger than this are kept (watchers and compare-and-set see deletes).
+        #[arg(long, default_value = "10m", value_parser = cli::parse_duration_ms)]
+        gc_min_age: u64,
     },
     /// Closed-loop durable writes against a cluster: writes/s and p50/p99/max latency.
     Bench(bench::BenchArgs),
@@ -67,8 +76,8 @@ enum Command {
     },
     /// Compaction of a stopped node's files (`--offline --data-dir DIR`): bytes before and after.
     Compact {
-        /// Compact the files of a stopped node (compaction of live nodes comes with the GC
-        /// coordinator).
+        /// Compact the files of a stopped node (a live cluster's files are compacted by each
+        /// GC job, `metakv gc run`).
         #[arg(long, required = true)]
         offline: bool,
         #[arg(long)]
@@ -100,8 +109,14 @@ fn main() -> ExitCode {
             listen,
             advertise,
             join,
+            gc_interval,
+            gc_threshold,
+            gc_min_age,
         } => {
             let mut config = NodeConfig::new(id, data_dir, listen);
+            config.gc.interval_ms = gc_interval;
+            config.gc.tombstone_threshold = gc_threshold;
+            config.gc.min_age_ms = gc_min_age;
             config.advertise = advertise;
             config.join = join;
             config.cluster_id = cli.cluster_id;

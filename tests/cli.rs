@@ -268,3 +268,50 @@ fn check_and_offline_compaction_of_a_stopped_node() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a metakv data dir"));
 }
+
+#[test]
+fn gc_commands_against_a_real_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let addr = node.addr.as_str();
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap();
+    assert_eq!(cli(addr, &["bucket", "create", "users"]).0, 0);
+    for key in ["ada", "bob", "cy"] {
+        assert_eq!(cli(addr, &["put", "users", key, "x"]).0, 0);
+    }
+    for key in ["ada", "bob"] {
+        assert_eq!(cli(addr, &["del", "users", key]).0, 0);
+    }
+    let (code, _, err) = cli(addr, &["gc", "status"]);
+    assert_eq!(code, 0, "{err}");
+
+    // The default minimum age (10 minutes) keeps these fresh tombstones.
+    let (code, out, err) = cli(addr, &["gc", "run", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("agreed 0  purged 0"), "{out}");
+    let (code, out, err) = cli(addr, &["gc", "run", "--dry-run", "--min-age", "0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("(dry run)  succeeded") && out.contains("agreed 2  purged 0"),
+        "{out}"
+    );
+    assert!(out.contains("would purge users/ada"), "{out}");
+    let (code, out, err) = cli(addr, &["--json", "gc", "run", "--min-age", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let record = json(&out);
+    assert_eq!(record["purged"], 2);
+    assert_eq!(record["outcome"], "Succeeded");
+    assert!(err.contains("started"), "{err}");
+    let (code, out, _) = cli(addr, &["--json", "gc", "status", "--limit", "2"]);
+    assert_eq!(code, 0);
+    let status = json(&out);
+    assert_eq!(status["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(status["jobs"][0]["purged"], 2);
+    let (code, out, _) = cli(addr, &["--json", "ls", "users", "--tombstones"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+
+    let (code, _, err) = cli(addr, &["gc", "run", "--min-age", "5x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("duration needs a unit"), "{err}");
+}

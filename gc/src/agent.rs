@@ -38,6 +38,9 @@ pub struct PageQuery {
     pub deleted_at_or_before_ms: u64,
 }
 
+/// A page as read: its items, and where the next starts (`None` at the end).
+pub type PageRead = (Vec<TombstoneRef>, Option<(String, Vec<u8>)>);
+
 /// What the driver does for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAction {
@@ -179,11 +182,7 @@ impl Agent {
 
     /// The page asked for by [`AgentAction::ReadPage`]: its items and where the next starts
     /// (`None` at the end), or the storage error that stopped it.
-    pub fn page_read(
-        &mut self,
-        job: JobId,
-        page: Result<(Vec<TombstoneRef>, Option<(String, Vec<u8>)>), String>,
-    ) -> AgentReply {
+    pub fn page_read(&mut self, job: JobId, page: Result<PageRead, String>) -> AgentReply {
         let Some(h) = self.hold.as_mut().filter(|h| h.job == job) else {
             return AgentReply::Refused {
                 reason: format!("the lease on job {job} ran out while its page was read"),

@@ -30,7 +30,7 @@ mod job;
 mod manager;
 mod msg;
 
-pub use agent::{Agent, AgentAction, Hold, PageQuery};
+pub use agent::{Agent, AgentAction, Hold, PageQuery, PageRead};
 pub use job::{GcConfig, JobId, JobRecord, NodeCompaction, Outcome, PhaseTime, Trigger};
 pub use manager::{Action, Event, Manager, Progress, StartError};
 pub use msg::{AgentReply, AgentRequest};

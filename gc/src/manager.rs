@@ -452,10 +452,10 @@ impl Manager {
                 }
                 self.on_reply(now_ms, node, reply, &mut actions);
             }
-            Event::CallFailed { job, node, error } if job == id => {
-                if j.calls.remove(&node).is_some() {
-                    self.fail(now_ms, format!("node {node}: {error}"), &mut actions);
-                }
+            Event::CallFailed { job, node, error }
+                if job == id && j.calls.remove(&node).is_some() =>
+            {
+                self.fail(now_ms, format!("node {node}: {error}"), &mut actions);
             }
             Event::Purged {
                 job,

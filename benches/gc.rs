@@ -1,0 +1,242 @@
+//! Tombstone GC at scale, on a 3-node cluster in this process (real redb files, real TCP on
+//! 127.0.0.1): load N records (default 1,000,000; `cargo bench --bench gc -- 200000`), delete
+//! 90% of them, run one GC job, and report:
+//!
+//! - the job's time per phase and tombstones purged per second;
+//! - each node's state file before and after, against a fresh store holding only the live
+//!   records (the goal: within 1.25x);
+//! - the process's peak resident memory before and after the job (the manager keeps one page
+//!   per node and one purge batch, whatever N is);
+//! - p99 latency of one sequential writer before the job and during it (goal: within 3x).
+//!
+//! `../shared/bench/etcd-baseline.sh` (phase `gc`) runs etcd's `compact` + `defrag` on the
+//! same shape; `docs/benchmarks.md` has both side by side.
+
+use std::time::{Duration, Instant};
+
+use metakv::{Kv, Node, NodeConfig, Role, store::Expect};
+
+const VALUE_BYTES: usize = 256;
+const IN_FLIGHT: usize = 256;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("user/{i:010}").into_bytes() // 16 bytes, as in the etcd baseline
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v.get(v.len() * 99 / 100).copied().unwrap_or_default()
+}
+
+async fn many<F, Fut>(n: usize, f: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..n)
+        .map(f)
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Sequential puts to `config` until `stop` says so; the latency of each.
+async fn writer(node: Node, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut i = 0u64;
+    while !*stop.borrow() {
+        let t = Instant::now();
+        node.put("config", format!("k{i}").as_bytes(), b"v", Expect::Any)
+            .await
+            .expect("a write during GC");
+        out.push(t.elapsed());
+        i += 1;
+    }
+    out
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(run(n));
+}
+
+async fn run(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |id: u64, join: Option<String>| {
+        let mut c = NodeConfig::new(id, dir.path().join(format!("node{id}")), "127.0.0.1:0");
+        c.join = join;
+        c.gc.interval_ms = 0;
+        c.gc.tombstone_threshold = 0;
+        c
+    };
+    let first = Node::start(config(1, None)).await.unwrap();
+    let seed = first.addr().to_owned();
+    let mut nodes = vec![first];
+    for id in 2..=3 {
+        nodes.push(Node::start(config(id, Some(seed.clone()))).await.unwrap());
+    }
+    let leader = loop {
+        if let Some(l) = nodes.iter().find(|n| n.node_status().role == Role::Leader) {
+            break l.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    leader.create_bucket("users").await.unwrap();
+    leader.create_bucket("config").await.unwrap();
+    let value = vec![b'x'; VALUE_BYTES];
+    let t = Instant::now();
+    many(n, |i| {
+        let (leader, value) = (&leader, &value);
+        async move {
+            leader
+                .put("users", &key(i), value, Expect::Any)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    println!("loaded {n} records in {:.1?}", t.elapsed());
+    let t = Instant::now();
+    many(n, |i| {
+        let leader = &leader;
+        async move {
+            if i % 10 != 0 {
+                leader.delete("users", &key(i), Expect::Any).await.unwrap();
+            }
+        }
+    })
+    .await;
+    println!("deleted {} in {:.1?}", n - n.div_ceil(10), t.elapsed());
+    let applied = leader.status().await.unwrap().applied;
+    while nodes.iter().any(|n| n.node_status().applied < applied) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A fresh store with only the live records, for the size goal.
+    let fresh_path = dir.path().join("fresh.redb");
+    {
+        let fresh = metakv::store::Store::open(metakv::store::Config::new(&fresh_path)).unwrap();
+        fresh
+            .apply(
+                &metakv::Op::CreateBucket {
+                    bucket: "users".into(),
+                },
+                metakv::store::Stamp { rev: 1, time_ms: 0 },
+            )
+            .unwrap();
+        let live: Vec<usize> = (0..n).filter(|i| i % 10 == 0).collect();
+        for (c, chunk) in live.chunks(1000).enumerate() {
+            fresh
+                .write(|w| {
+                    for (j, &i) in chunk.iter().enumerate() {
+                        let rev = 2 + (c * 1000 + j) as u64;
+                        w.apply(
+                            &metakv::Op::Put {
+                                bucket: "users".into(),
+                                key: key(i),
+                                value: value.clone(),
+                                expect: Expect::Any,
+                            },
+                            metakv::store::Stamp { rev, time_ms: 0 },
+                        )?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+    }
+    let fresh_bytes = std::fs::metadata(&fresh_path).unwrap().len();
+
+    // Steady state: one sequential writer for two seconds.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let w = tokio::spawn(writer(leader.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_tx.send(true).unwrap();
+    let steady = w.await.unwrap();
+
+    let before: Vec<u64> = nodes
+        .iter()
+        .map(|n| n.node_status().state_file_bytes)
+        .collect();
+    let rss_before = peak_rss_kib();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let w = tokio::spawn(writer(nodes[0].clone(), stop));
+    let t = Instant::now();
+    let job = leader.gc_run(false, Some(0)).await.unwrap();
+    let record = leader
+        .gc_wait(job, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    stop_tx.send(true).unwrap();
+    let during = w.await.unwrap();
+    let rss_after = peak_rss_kib();
+
+    println!("GC job {job}: {:?} in {took:.1?}", record.outcome);
+    for p in &record.phases {
+        println!("  phase {:<14} {:>8} ms", p.phase, p.ms);
+    }
+    let purge_ms = record
+        .phases
+        .iter()
+        .find(|p| p.phase.starts_with("collect"))
+        .map_or(1, |p| p.ms.max(1));
+    println!(
+        "  agreed {}  purged {}  skipped {}  -> {:.0} tombstones/s purged (collect+purge phase)",
+        record.agreed,
+        record.purged,
+        record.skipped,
+        record.purged as f64 * 1000.0 / purge_ms as f64
+    );
+    println!(
+        "  fresh store with the {} live records: {} KiB",
+        n.div_ceil(10),
+        fresh_bytes / 1024
+    );
+    for c in &record.compactions {
+        println!(
+            "  node {}: {} KiB -> {} KiB ({:.2}x the fresh store)",
+            c.node,
+            c.bytes_before / 1024,
+            c.bytes_after / 1024,
+            c.bytes_after as f64 / fresh_bytes as f64
+        );
+    }
+    println!(
+        "  state files before the job (KiB): {:?}",
+        before.iter().map(|b| b / 1024).collect::<Vec<_>>()
+    );
+    println!(
+        "  peak RSS before the job {} MiB, after {} MiB",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    let (s, d) = (p99(steady.clone()), p99(during.clone()));
+    println!(
+        "  writer p99: steady {:.2?} ({} writes), during the job {:.2?} ({} writes): {:.2}x",
+        s,
+        steady.len(),
+        d,
+        during.len(),
+        d.as_secs_f64() / s.as_secs_f64()
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

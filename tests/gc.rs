@@ -59,14 +59,13 @@ async fn local_keys(node: &Node, bucket: &str) -> Vec<(Vec<u8>, bool)> {
     }
 }
 
-async fn run_job(cluster: &Cluster, via: &Node) -> JobRecord {
+async fn run_job(via: &Node) -> JobRecord {
     let job = via.gc_run(false, Some(0)).await.unwrap();
     let record = tokio::time::timeout(Duration::from_secs(60), via.gc_wait(job, POLL))
         .await
         .expect("the job ends")
         .unwrap();
     tracing::info!(?record, "job ended");
-    let _ = cluster;
     record
 }
 
@@ -81,7 +80,7 @@ async fn a_job_purges_on_every_node_and_the_files_shrink() {
         .map(|n| n.node_status().state_file_bytes)
         .collect();
 
-    let record = run_job(&cluster, &leader).await;
+    let record = run_job(&leader).await;
     assert_eq!(record.outcome, GcOutcome::Succeeded, "{record:?}");
     assert_eq!(record.agreed, 2700);
     assert_eq!(record.purged, 2700);
@@ -230,7 +229,7 @@ async fn the_leader_lost_during_purge_leaves_every_node_consistent() {
     // ...and its own job, with the old leader back, finishes the work on every node.
     cluster.restart(old).await;
     cluster.applied(applied_on(&new).await).await;
-    let record = run_job(&cluster, &new).await;
+    let record = run_job(&new).await;
     assert_eq!(record.outcome, GcOutcome::Succeeded, "{record:?}");
     cluster.applied(applied_on(&new).await).await;
     let all = same_everywhere(&cluster, "users").await;
@@ -323,7 +322,7 @@ async fn an_open_watcher_keeps_tombstones_until_it_moves_on() {
     let dry = leader.gc_run(true, Some(0)).await.unwrap();
     let dry = leader.gc_wait(dry, POLL).await.unwrap();
     assert_eq!((dry.agreed, dry.purged), (0, 0), "{dry:?}");
-    let record = run_job(&cluster, &leader).await;
+    let record = run_job(&leader).await;
     assert_eq!((record.agreed, record.purged), (0, 0), "{record:?}");
     let tombstones = |n: &Node| {
         n.store()
@@ -350,7 +349,7 @@ async fn an_open_watcher_keeps_tombstones_until_it_moves_on() {
         cluster.running().all(|n| tombstones(n) == 50),
         "a dry run purged"
     );
-    let record = run_job(&cluster, &leader).await;
+    let record = run_job(&leader).await;
     assert_eq!((record.agreed, record.purged), (50, 50), "{record:?}");
     cluster.applied(applied_on(&leader).await).await;
     assert!(cluster.running().all(|n| tombstones(n) == 0));

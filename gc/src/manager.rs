@@ -227,10 +227,6 @@ impl Manager {
         }
     }
 
-    pub fn config(&self) -> &GcConfig {
-        &self.config
-    }
-
     pub fn term(&self) -> u64 {
         self.term
     }
@@ -641,13 +637,7 @@ impl Manager {
             // Pages still on their way from other nodes: wait for them, then stop.
             return;
         }
-        j.record.collected = collected(j);
-        for &node in &j.record.members {
-            actions.push(Action::Release {
-                node,
-                job: j.record.id,
-            });
-        }
+        release_all(j, actions);
         if j.record.dry_run {
             self.finish(now_ms, Outcome::Succeeded, actions);
         } else {
@@ -773,13 +763,7 @@ impl Manager {
         if j.phase == Phase::Recording {
             return;
         }
-        j.record.collected = collected(j);
-        for &node in &j.record.members {
-            actions.push(Action::Release {
-                node,
-                job: j.record.id,
-            });
-        }
+        release_all(j, actions);
         self.finish(now_ms, Outcome::Failed { reason }, actions);
     }
 
@@ -795,6 +779,15 @@ impl Manager {
         j.record_since = Some(now_ms);
         actions.push(Action::WriteRecord(j.record.clone()));
     }
+}
+
+/// The end of collection (or of the job): counts kept in the record, every lease let go.
+fn release_all(j: &mut Job, actions: &mut Vec<Action>) {
+    j.record.collected = collected(j);
+    actions.extend(j.record.members.iter().map(|&node| Action::Release {
+        node,
+        job: j.record.id,
+    }));
 }
 
 fn collected(j: &Job) -> Vec<(u64, u64)> {

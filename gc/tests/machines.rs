@@ -488,8 +488,7 @@ fn every_timeout() {
 
 #[test]
 fn a_stale_running_record_is_recorded_as_failed() {
-    let (mut m, job) = collecting(&[1, 2], false);
-    let _ = &mut m;
+    let (_, job) = collecting(&[1, 2], false);
     let mut other = Manager::new(2, 9, config(), 0);
     let (_, actions) = other
         .start(

@@ -305,7 +305,6 @@ impl Sim {
 
 fn run(steps: Vec<Step>) {
     let mut sim = Sim::new();
-    let mut jobs = 0;
     let mut written_during = false;
     for step in steps
         .into_iter()
@@ -347,13 +346,11 @@ fn run(steps: Vec<Step>) {
                     assert_eq!(record.purged + record.skipped, record.agreed);
                     sim.check_after(&record, began, quiet && !written_during);
                     sim.purged.clear();
-                    jobs += 1;
                 }
             }
         }
     }
     assert!(sim.job.is_none() || sim.actions.is_empty(), "a job stalled");
-    let _ = jobs;
 }
 
 proptest! {

@@ -69,6 +69,10 @@ pub enum Error {
     },
     #[error("corrupt {table} entry: {reason}")]
     CorruptIndex { table: &'static str, reason: String },
+    #[error(
+        "the store file holds a table {name:?} this version does not know; refusing to rebuild it"
+    )]
+    UnknownTable { name: String },
     #[error("archive: {reason}")]
     Archive { reason: String },
     #[error(

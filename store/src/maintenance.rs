@@ -1,15 +1,19 @@
 //! Taking care of the file: sizes, compaction, integrity check.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{
+    Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, TableHandle, Value,
+};
 
 use crate::bucket::BucketInfo;
 use crate::error::{Doing, Error, KeyDisplay, Result, io};
 use crate::keys;
 use crate::record::Record;
 use crate::store::{Store, decode_bucket};
-use crate::tables::{BUCKETS, CHANGES, RECORDS, TOMBSTONES};
+use crate::tables::{BUCKETS, CHANGES, META, RECORDS, TOMBSTONES};
 
 /// How big the file is, and how much of it holds data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +31,8 @@ pub struct Sizes {
 pub struct CompactReport {
     pub bytes_before: u64,
     pub bytes_after: u64,
-    /// redb compaction passes run (each moves pages down and trims the file).
-    pub passes: u32,
+    /// Rows copied into the new file, over every table.
+    pub rows: u64,
 }
 
 /// redb's own verdict on the file.
@@ -82,6 +86,76 @@ impl CheckReport {
     }
 }
 
+/// A copy transaction of [`Store::compact`] commits once it holds this many rows or
+/// [`COPY_TXN_BYTES`], whichever comes first: memory stays bounded whatever the store's size.
+const COPY_TXN_ROWS: u64 = 20_000;
+const COPY_TXN_BYTES: usize = 16 << 20;
+
+/// Where [`Store::compact`] builds the new file: next to the store, removed by
+/// [`Store::open`] if a crash left it there.
+pub(crate) fn compacting_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".compacting");
+    PathBuf::from(name)
+}
+
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io("removing a leftover compaction file")(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Makes a rename in the file's directory durable.
+fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing the store's directory"))
+}
+
+/// Copies one table from `from` into `to` in key order, committing every
+/// [`COPY_TXN_ROWS`] rows or [`COPY_TXN_BYTES`] bytes without fsync. Returns the rows copied.
+fn copy_table<K: Key + 'static, V: Value + 'static>(
+    from: &ReadTransaction,
+    to: &Database,
+    def: TableDefinition<K, V>,
+) -> Result<u64> {
+    let source = from.open_table(def).doing("opening a table to copy")?;
+    let mut rows = source.iter().doing("reading a table to copy")?;
+    let mut copied = 0;
+    loop {
+        let mut txn = to.begin_write().doing("beginning a copy")?;
+        txn.set_durability(Durability::None)
+            .doing("setting durability")?;
+        let (mut n, mut bytes, mut done) = (0, 0, false);
+        {
+            let mut target = txn.open_table(def).doing("opening a copied table")?;
+            while n < COPY_TXN_ROWS && bytes < COPY_TXN_BYTES {
+                let Some(row) = rows.next() else {
+                    done = true;
+                    break;
+                };
+                let (k, v) = row.doing("reading a row to copy")?;
+                bytes +=
+                    K::as_bytes(&k.value()).as_ref().len() + V::as_bytes(&v.value()).as_ref().len();
+                target.insert(k.value(), v.value()).doing("copying a row")?;
+                n += 1;
+            }
+        }
+        txn.commit().doing("committing a copy")?;
+        copied += n;
+        if done {
+            return Ok(copied);
+        }
+    }
+}
+
 /// Problems past this many are counted, not listed.
 pub const CHECK_PROBLEMS_LISTED_MAX: usize = 1000;
 
@@ -105,30 +179,93 @@ impl Store {
         })
     }
 
-    /// Compacts the file: redb moves pages toward the start and trims the end, pass after pass,
-    /// until nothing moves. Needs `&mut self`: no read or write may be open meanwhile, which is
-    /// what taking the store out of service means. Reports file bytes before and after.
+    /// Compacts the file by rebuilding it: every table is copied in key order into a new file
+    /// next to it (`<file>.compacting`), which is committed durably and renamed over the old
+    /// one. Needs `&mut self`: no read or write may be open meanwhile, which is what taking the
+    /// store out of service means. Reports file bytes before and after.
+    ///
+    /// Why a copy and not redb's in-place `compact`: redb moves pages but keeps the B-trees as
+    /// they are, so after a purge removes most of a bucket its leaves stay half empty (1.6x the
+    /// size of a fresh store in `docs/benchmarks.md`). Keys inserted in order fill each leaf.
+    ///
+    /// Crash safety: until the rename the old file is untouched and the partial copy is removed
+    /// by the next [`Store::open`]; the rename is atomic and the copy is durable before it. On
+    /// any error (a full disk included) the copy is removed and the store goes on with the old
+    /// file. It needs free space for the live data, at most the old file's size.
     pub fn compact(&mut self) -> Result<CompactReport> {
-        let file_len = |path| {
+        let file_len = |path: &Path| {
             std::fs::metadata(path)
                 .map(|m| m.len())
                 .map_err(io("reading the file size"))
         };
         let bytes_before = file_len(&self.path)?;
-        let mut passes = 0;
-        // Each pass that moved something may free room for the next; a handful is always
-        // enough in practice, and the bound keeps a pathological file from spinning.
-        const PASSES_MAX: u32 = 16;
-        while passes < PASSES_MAX && self.db.compact().doing("compacting")? {
-            passes += 1;
+        let copy_path = compacting_path(&self.path);
+        remove_if_present(&copy_path)?;
+        let copied = self.copy_into(&copy_path);
+        let (copy, rows) = match copied {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_file(&copy_path);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&copy_path, &self.path) {
+            drop(copy);
+            let _ = std::fs::remove_file(&copy_path);
+            return Err(io("renaming the compacted file over the store")(e));
         }
+        sync_dir(&self.path)?;
+        // The old file's last handle closes here; its space returns to the file system.
+        drop(std::mem::replace(&mut self.db, copy));
+        self.reload_states()?;
         let bytes_after = file_len(&self.path)?;
-        tracing::info!(path = %self.path.display(), bytes_before, bytes_after, passes, "compacted");
+        tracing::info!(path = %self.path.display(), bytes_before, bytes_after, rows, "compacted");
         Ok(CompactReport {
             bytes_before,
             bytes_after,
-            passes,
+            rows,
         })
+    }
+
+    /// Copies every table into a new database at `path`, in key order, in transactions of
+    /// bounded size; the last commit is durable. Refuses a file holding a table it does not
+    /// know, so a compaction never drops data it cannot copy.
+    fn copy_into(&self, path: &Path) -> Result<(Database, u64)> {
+        let from = self.db.begin_read().doing("beginning the copy")?;
+        for table in from.list_tables().doing("listing tables")? {
+            let name = table.name();
+            let known = [
+                RECORDS.name(),
+                TOMBSTONES.name(),
+                CHANGES.name(),
+                BUCKETS.name(),
+                META.name(),
+            ];
+            if !known.contains(&name) {
+                return Err(Error::UnknownTable {
+                    name: name.to_owned(),
+                });
+            }
+        }
+        let mut to = Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .create(path)
+            .doing("creating the compacted file")?;
+        let mut rows = 0;
+        rows += copy_table(&from, &to, RECORDS)?;
+        rows += copy_table(&from, &to, TOMBSTONES)?;
+        rows += copy_table(&from, &to, CHANGES)?;
+        rows += copy_table(&from, &to, BUCKETS)?;
+        rows += copy_table(&from, &to, META)?;
+        // One durable commit makes every non-durable one before it durable.
+        to.begin_write()
+            .doing("beginning the last copy commit")?
+            .commit()
+            .doing("committing the compacted file")?;
+        // The copy's pages are full, but redb grows a file in whole regions; one in-place pass
+        // trims the unused end.
+        to.compact().doing("trimming the compacted file")?;
+        Ok((to, rows))
     }
 
     /// Checks the whole store: every record's crc and contents, the tombstone and changes

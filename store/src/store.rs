@@ -87,6 +87,7 @@ pub struct Store {
     pub(crate) path: PathBuf,
     pub(crate) limits: Limits,
     pub(crate) durable: bool,
+    pub(crate) cache_bytes: usize,
     pub(crate) states: RwLock<States>,
 }
 
@@ -101,6 +102,7 @@ impl Store {
                 max: VALUE_BYTES_MAX_CEILING,
             });
         }
+        crate::maintenance::remove_if_present(&crate::maintenance::compacting_path(&config.path))?;
         let db = Database::builder()
             .set_cache_size(config.cache_bytes)
             .create(&config.path)
@@ -112,6 +114,7 @@ impl Store {
                 value_bytes_max: config.value_bytes_max,
             },
             durable: config.durable,
+            cache_bytes: config.cache_bytes,
             states: RwLock::new(Arc::default()),
         };
         store.init()?;

@@ -1074,3 +1074,120 @@ fn compaction_shrinks_the_file_and_keeps_the_data() {
     assert_eq!(dump(&t.store), before);
     assert!(t.store.check().unwrap().is_ok());
 }
+
+/// Compaction rebuilds the file next to the store and renames it over: the store keeps going
+/// in the new file, and what it writes afterwards is there after a reopen.
+#[test]
+fn compaction_rebuilds_the_file_and_later_writes_land_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let copy = dir.path().join("state.redb.compacting");
+    let mut store = Store::open(Config::new(&path)).unwrap();
+    let mut rev = 0;
+    let mut apply = |store: &Store, op: Op| {
+        rev += 1;
+        store.apply(&op, Stamp { rev, time_ms: 0 }).unwrap()
+    };
+    apply(&store, Op::CreateBucket { bucket: "b".into() });
+    for i in 0..500 {
+        apply(&store, put("b", &format!("k{i:04}"), "v", Expect::Any));
+    }
+    for i in 0..400 {
+        apply(
+            &store,
+            Op::Delete {
+                bucket: "b".into(),
+                key: format!("k{i:04}").into_bytes(),
+                expect: Expect::Any,
+            },
+        );
+    }
+    let before = dump(&store);
+    let report = store.compact().unwrap();
+    assert!(report.rows > 500, "{report:?}");
+    assert!(!copy.exists());
+    assert_eq!(dump(&store), before);
+    apply(&store, put("b", "after", "compaction", Expect::Absent));
+    apply(&store, Op::CreateBucket { bucket: "c".into() });
+    let after = dump(&store);
+    assert_ne!(after, before);
+    drop(store);
+    let mut store = Store::open(Config::new(&path)).unwrap();
+    assert_eq!(dump(&store), after);
+    assert_eq!(
+        store.get("b", b"after").unwrap().unwrap().value,
+        b"compaction"
+    );
+    assert!(store.check().unwrap().is_ok());
+}
+
+/// A crash during a compaction leaves a partial copy next to the store; the next open removes
+/// it and the store holds everything it held.
+#[test]
+fn a_partial_compaction_copy_is_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let copy = dir.path().join("state.redb.compacting");
+    let store = Store::open(Config::new(&path)).unwrap();
+    store
+        .apply(
+            &Op::CreateBucket { bucket: "b".into() },
+            Stamp { rev: 1, time_ms: 0 },
+        )
+        .unwrap();
+    store
+        .apply(
+            &put("b", "k", "v", Expect::Any),
+            Stamp { rev: 2, time_ms: 0 },
+        )
+        .unwrap();
+    let before = dump(&store);
+    drop(store);
+    std::fs::write(&copy, b"half a copy").unwrap();
+    let store = Store::open(Config::new(&path)).unwrap();
+    assert!(!copy.exists());
+    assert_eq!(dump(&store), before);
+}
+
+/// A file with a table this version does not know is not rebuilt (the copy would drop it):
+/// a clear error, no copy left behind, the store unchanged and still writable.
+#[test]
+fn compaction_refuses_a_file_with_an_unknown_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let store = Store::open(Config::new(&path)).unwrap();
+    store
+        .apply(
+            &Op::CreateBucket { bucket: "b".into() },
+            Stamp { rev: 1, time_ms: 0 },
+        )
+        .unwrap();
+    drop(store);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let extra: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("extra");
+            txn.open_table(extra).unwrap().insert(1, 2).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let mut store = Store::open(Config::new(&path)).unwrap();
+    let before = dump(&store);
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    let err = store.compact().unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownTable { name } if name == "extra"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"extra\""), "{err}");
+    assert!(!dir.path().join("state.redb.compacting").exists());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
+    assert_eq!(dump(&store), before);
+    store
+        .apply(
+            &put("b", "k", "v", Expect::Any),
+            Stamp { rev: 2, time_ms: 0 },
+        )
+        .unwrap();
+}

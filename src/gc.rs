@@ -156,8 +156,9 @@ impl Node {
         }
     }
 
-    /// Compacts `state.redb` in place. Every request that needs the store waits for it on the
-    /// store's lock (none fails); Raft keeps running and applies what it missed afterwards.
+    /// Compacts `state.redb` (rebuilds it; see `Store::compact`). Every request that needs the
+    /// store waits for it on the store's lock (none fails); Raft keeps running and applies what
+    /// it missed afterwards.
     pub(crate) async fn compact_state(&self) -> Result<(u64, u64)> {
         let store = std::sync::Arc::clone(&self.inner.store);
         tokio::task::spawn_blocking(move || {

@@ -140,6 +140,8 @@ impl Services for NodeServices {
 /// `net.core.somaxconn`). The standard library's 128 overflowed when 256 clients dialed at once,
 /// and each dropped SYN cost a client a 1 s retransmit (`ListenOverflows` in `nstat`).
 const LISTEN_BACKLOG: u32 = 1024;
+/// Longest wait between two attempts of a request that found no leader (see `Node::route`).
+const ROUTE_RETRY_MAX: Duration = Duration::from_millis(50);
 
 /// Binds `addr` with a backlog of [`LISTEN_BACKLOG`].
 async fn listen(addr: &str) -> std::io::Result<TcpListener> {
@@ -404,10 +406,15 @@ impl Node {
         }
     }
 
-    /// Answers here, or through the leader when it must answer.
+    /// Answers here, or through the leader when it must answer. A refused attempt is retried when
+    /// this node's view of leadership changes, or after [`ROUTE_RETRY_MAX`].
     async fn route(&self, request: ClientRequest, from: Option<u64>) -> Result<ClientReply> {
         let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+        // Leadership as this node saw it when the last attempt was refused: the next attempt
+        // waits until it changes (an election ends), not for a fixed time.
+        let mut leadership = self.inner.raft.server_metrics();
         loop {
+            drop(leadership.borrow_and_update());
             match self.try_handle(&request).await {
                 Err(Redirect(leader)) if from.is_some() => {
                     return Err(Error::NotLeader {
@@ -430,13 +437,17 @@ impl Node {
                 Err(Redirect(_)) => {}
                 Ok(reply) => return reply,
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(Error::Unavailable(format!(
                     "no leader answered within {:?}",
                     self.inner.config.request_timeout
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A vote, state or leader change wakes this at once; the bound covers a leader
+            // that this node has not heard of yet but another has.
+            let wait = (deadline - now).min(ROUTE_RETRY_MAX);
+            let _ = tokio::time::timeout(wait, leadership.changed()).await;
         }
     }
 

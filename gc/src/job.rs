@@ -44,8 +44,13 @@ pub struct GcConfig {
     pub lease_ms: u64,
     /// Tombstones per page of a node's collection.
     pub page_size: u32,
-    /// Agreed tombstones per `Purge` entry.
+    /// Agreed tombstones per `Purge` entry. Each entry is applied in one transaction on every
+    /// node, ahead of whatever client write comes after it in the log: small batches keep
+    /// writers' latency close to normal while a job runs.
     pub purge_batch: u32,
+    /// `Purge` entries proposed and not yet committed at any time: more than one keeps the
+    /// log busy while the last one is applied.
+    pub purges_in_flight: u32,
     /// An agent call or a proposal that takes longer fails the job.
     pub call_timeout_ms: u64,
     /// A node's compaction that takes longer fails the job (the compaction itself finishes).
@@ -63,7 +68,8 @@ impl Default for GcConfig {
             min_age_ms: 600_000,
             lease_ms: 30_000,
             page_size: 2_000,
-            purge_batch: 1_000,
+            purge_batch: 100,
+            purges_in_flight: 2,
             call_timeout_ms: 20_000,
             compact_timeout_ms: 600_000,
             pin_grace_ms: 10_000,

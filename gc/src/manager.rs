@@ -190,7 +190,8 @@ struct Job {
     batch: Vec<TombstoneRef>,
     /// Calls, purge or record write in flight, with the time each was sent.
     calls: BTreeMap<u64, u64>,
-    purge_since: Option<u64>,
+    /// Purges proposed and not yet answered, oldest first, with the time each was proposed.
+    purges: VecDeque<u64>,
     record_since: Option<u64>,
     /// Nodes to compact, in order: followers, then this node.
     order: Vec<u64>,
@@ -343,7 +344,7 @@ impl Manager {
             cursors: BTreeMap::new(),
             batch: Vec::new(),
             calls: BTreeMap::new(),
-            purge_since: None,
+            purges: VecDeque::new(),
             record_since: Some(now_ms),
             order,
             voters,
@@ -367,7 +368,7 @@ impl Manager {
             cursors: BTreeMap::new(),
             batch: Vec::new(),
             calls: BTreeMap::new(),
-            purge_since: None,
+            purges: VecDeque::new(),
             record_since: None,
             order: vec![compact],
             voters: Vec::new(),
@@ -411,7 +412,7 @@ impl Manager {
                 format!("node {node} did not answer in time"),
                 &mut actions,
             );
-        } else if j.purge_since.is_some_and(|s| overdue(s, timeout)) {
+        } else if j.purges.front().is_some_and(|&s| overdue(s, timeout)) {
             self.fail(
                 now_ms,
                 "a purge was not committed in time".into(),
@@ -457,14 +458,14 @@ impl Manager {
                 job,
                 purged,
                 skipped,
-            } if job == id && j.purge_since.is_some() => {
-                j.purge_since = None;
+            } if job == id && !j.purges.is_empty() => {
+                j.purges.pop_front();
                 j.record.purged += purged;
                 j.record.skipped += skipped;
                 self.merge(now_ms, &mut actions);
             }
-            Event::PurgeFailed { job, error } if job == id && j.purge_since.is_some() => {
-                j.purge_since = None;
+            Event::PurgeFailed { job, error } if job == id && !j.purges.is_empty() => {
+                j.purges.pop_front();
                 self.fail(now_ms, format!("purge: {error}"), &mut actions);
             }
             Event::RecordWritten { job } if job == id && j.record_since.is_some() => {
@@ -553,11 +554,15 @@ impl Manager {
     /// Advances the k-way intersection as far as the buffered pages allow.
     fn merge(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         let purge_batch = self.config.purge_batch.max(1) as usize;
+        let purges_max = self.config.purges_in_flight.max(1) as usize;
         let j = self.job.as_mut().expect("a job runs");
-        if j.phase != Phase::Collect || j.purge_since.is_some() {
+        if j.phase != Phase::Collect {
             return;
         }
         loop {
+            if j.purges.len() >= purges_max {
+                return;
+            }
             // A node whose stream ended with nothing left ends the intersection.
             if j.cursors
                 .values()
@@ -603,12 +608,11 @@ impl Manager {
                     } else {
                         j.batch.push(first);
                         if j.batch.len() >= purge_batch {
-                            j.purge_since = Some(now_ms);
+                            j.purges.push_back(now_ms);
                             actions.push(Action::Purge {
                                 job: j.record.id,
                                 items: std::mem::take(&mut j.batch),
                             });
-                            return;
                         }
                     }
                 }
@@ -626,11 +630,14 @@ impl Manager {
         }
         // The intersection is complete.
         if !j.batch.is_empty() {
-            j.purge_since = Some(now_ms);
+            j.purges.push_back(now_ms);
             actions.push(Action::Purge {
                 job: j.record.id,
                 items: std::mem::take(&mut j.batch),
             });
+        }
+        if !j.purges.is_empty() {
+            // The last purges are still on their way through Raft.
             return;
         }
         if !j.calls.is_empty() {
@@ -771,7 +778,7 @@ impl Manager {
         self.set_phase(now_ms, Phase::Recording);
         let j = self.job.as_mut().expect("a job runs");
         j.calls.clear();
-        j.purge_since = None;
+        j.purges.clear();
         j.cursors.clear();
         j.batch.clear();
         j.record.outcome = outcome;

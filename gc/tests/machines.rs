@@ -36,7 +36,12 @@ fn probes(nodes: &[u64], protocol: u32) -> BTreeMap<u64, Result<u32, String>> {
 /// A manager of term 5 with a job over `nodes` that has written its start record and sent
 /// its collect calls.
 fn collecting(nodes: &[u64], dry_run: bool) -> (Manager, JobId) {
-    let mut m = Manager::new(ME, 5, config(), 0);
+    collecting_with(config(), nodes, dry_run)
+}
+
+/// A manager whose job has written its start record and asked every node for a page.
+fn collecting_with(config: GcConfig, nodes: &[u64], dry_run: bool) -> (Manager, JobId) {
+    let mut m = Manager::new(ME, 5, config, 0);
     let (job, actions) = m
         .start(
             100,
@@ -210,13 +215,31 @@ fn a_full_job_purges_the_exact_intersection_then_compacts_and_hands_off() {
 }
 
 #[test]
-fn purges_go_in_bounded_batches_and_the_merge_waits_for_each() {
+fn purges_go_in_bounded_batches_with_a_bounded_number_in_flight() {
+    // `config()`: batches of 2, and the default of 2 purges in flight.
     let (mut m, job) = collecting(&[1, 2], false);
-    let items: Vec<_> = (0..5).map(|i| t("u", &format!("k{i}"), 10 + i)).collect();
+    let items: Vec<_> = (0..7).map(|i| t("u", &format!("k{i}"), 10 + i)).collect();
+    let purged = |n| Event::Purged {
+        job,
+        purged: n,
+        skipped: 0,
+    };
+    let compacting = |actions: &[Action]| {
+        actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Call {
+                    request: AgentRequest::Compact { .. },
+                    ..
+                }
+            )
+        })
+    };
     m.on(1, page(job, 1, items.clone(), false));
     let actions = m.on(2, page(job, 2, items.clone(), false));
-    assert_eq!(purges(&actions), items[..2].to_vec());
-    // Nothing more until the batch is applied.
+    assert_eq!(purges(&actions), items[..4].to_vec());
+    assert_eq!(actions.len(), 2, "two entries of two: {actions:?}");
+    // Nothing more until one of them is applied.
     assert!(
         m.on(
             3,
@@ -234,26 +257,45 @@ fn purges_go_in_bounded_batches_and_the_merge_waits_for_each() {
             skipped: 1,
         },
     );
-    assert_eq!(purges(&actions), items[2..4].to_vec());
+    assert_eq!(purges(&actions), items[4..6].to_vec());
+    // The last, partial batch goes as soon as the intersection ends.
+    let actions = m.on(5, purged(2));
+    assert_eq!(purges(&actions), items[6..].to_vec());
+    // Compaction waits for every purge to be applied.
+    let actions = m.on(6, purged(2));
+    assert!(
+        purges(&actions).is_empty() && !compacting(&actions),
+        "{actions:?}"
+    );
+    let actions = m.on(7, purged(1));
+    assert!(compacting(&actions), "{actions:?}");
+    let p = m.progress().unwrap();
+    assert_eq!((p.agreed, p.purged, p.skipped), (7, 6, 1));
+}
+
+#[test]
+fn one_purge_in_flight_when_configured_so() {
+    let (mut m, job) = collecting_with(
+        GcConfig {
+            purges_in_flight: 1,
+            ..config()
+        },
+        &[1, 2],
+        false,
+    );
+    let items: Vec<_> = (0..4).map(|i| t("u", &format!("k{i}"), 10 + i)).collect();
+    m.on(101, page(job, 1, items.clone(), false));
+    let actions = m.on(102, page(job, 2, items.clone(), false));
+    assert_eq!(purges(&actions), items[..2].to_vec());
     let actions = m.on(
-        5,
+        103,
         Event::Purged {
             job,
             purged: 2,
             skipped: 0,
         },
     );
-    assert_eq!(purges(&actions), items[4..].to_vec());
-    m.on(
-        6,
-        Event::Purged {
-            job,
-            purged: 1,
-            skipped: 0,
-        },
-    );
-    let p = m.progress().unwrap();
-    assert_eq!((p.agreed, p.purged, p.skipped), (5, 4, 1));
+    assert_eq!(purges(&actions), items[2..].to_vec());
 }
 
 #[test]

@@ -1,13 +1,16 @@
 //! Tombstone GC at scale, on a 3-node cluster in this process (real redb files, real TCP on
-//! 127.0.0.1): load N records (default 1,000,000; `cargo bench --bench gc -- 200000`), delete
-//! 90% of them, run one GC job, and report:
+//! 127.0.0.1): load N records (default 1,000,000), delete P% of them (default 90), run one GC
+//! job, and report:
 //!
 //! - the job's time per phase and tombstones purged per second;
-//! - each node's state file before and after, against a fresh store holding only the live
-//!   records (the goal: within 1.25x);
+//! - each node's state file before and after, against a fresh, compacted store holding only
+//!   the live records (the goal: within 1.25x);
 //! - the process's peak resident memory before and after the job (the manager keeps one page
 //!   per node and one purge batch, whatever N is);
-//! - p99 latency of one sequential writer before the job and during it (goal: within 3x).
+//! - p99 latency of one sequential writer before the job and during it (goal: within 3x), and
+//!   during each phase of the job.
+//!
+//! `cargo bench --bench gc -- 200000 [--deleted 100] [--purge-batch 100] [--purges-in-flight 2]`.
 //!
 //! `../shared/bench/etcd-baseline.sh` (phase `gc`) runs etcd's `compact` + `defrag` on the
 //! same shape; `docs/benchmarks.md` has both side by side.
@@ -52,8 +55,8 @@ where
         .await;
 }
 
-/// Sequential puts to `config` until `stop` says so; the latency of each.
-async fn writer(node: Node, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Duration> {
+/// Sequential puts to `config` until `stop` says so; when each began and how long it took.
+async fn writer(node: Node, stop: tokio::sync::watch::Receiver<bool>) -> Vec<(Instant, Duration)> {
     let mut out = Vec::new();
     let mut i = 0u64;
     while !*stop.borrow() {
@@ -61,28 +64,61 @@ async fn writer(node: Node, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Dur
         node.put("config", format!("k{i}").as_bytes(), b"v", Expect::Any)
             .await
             .expect("a write during GC");
-        out.push(t.elapsed());
+        out.push((t, t.elapsed()));
         i += 1;
     }
     out
 }
 
-fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(run(n));
+fn latencies(w: &[(Instant, Duration)]) -> Vec<Duration> {
+    w.iter().map(|&(_, d)| d).collect()
 }
 
-async fn run(n: usize) {
+fn main() {
+    // `METAKV_LOG=metakv=info,metakv_store=info` shows the nodes' own account of the job.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("METAKV_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let flag = |name: &str| -> Option<usize> {
+        let i = args.iter().position(|a| a == name)?;
+        args.get(i + 1)?.parse().ok()
+    };
+    let deleted_pct = flag("--deleted").unwrap_or(90).min(100);
+    let mut gc = metakv::GcConfig {
+        interval_ms: 0,
+        tombstone_threshold: 0,
+        ..Default::default()
+    };
+    if let Some(b) = flag("--purge-batch") {
+        gc.purge_batch = b as u32;
+    }
+    if let Some(p) = flag("--purges-in-flight") {
+        gc.purges_in_flight = p as u32;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(run(n, deleted_pct, gc));
+}
+
+/// Record `i` survives the delete pass when it falls in the kept `100 - deleted_pct` percent.
+fn kept(i: usize, deleted_pct: usize) -> bool {
+    i % 100 >= deleted_pct
+}
+
+async fn run(n: usize, deleted_pct: usize, gc: metakv::GcConfig) {
     let dir = tempfile::tempdir().unwrap();
     let config = |id: u64, join: Option<String>| {
         let mut c = NodeConfig::new(id, dir.path().join(format!("node{id}")), "127.0.0.1:0");
         c.join = join;
-        c.gc.interval_ms = 0;
-        c.gc.tombstone_threshold = 0;
+        c.gc = gc.clone();
         c
     };
     let first = Node::start(config(1, None)).await.unwrap();
@@ -116,22 +152,24 @@ async fn run(n: usize) {
     many(n, |i| {
         let leader = &leader;
         async move {
-            if i % 10 != 0 {
+            if !kept(i, deleted_pct) {
                 leader.delete("users", &key(i), Expect::Any).await.unwrap();
             }
         }
     })
     .await;
-    println!("deleted {} in {:.1?}", n - n.div_ceil(10), t.elapsed());
+    let live: Vec<usize> = (0..n).filter(|&i| kept(i, deleted_pct)).collect();
+    println!("deleted {} in {:.1?}", n - live.len(), t.elapsed());
     let applied = leader.status().await.unwrap().applied;
     while nodes.iter().any(|n| n.node_status().applied < applied) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // A fresh store with only the live records, for the size goal.
+    // A fresh store with only the live records, compacted, for the size goal.
     let fresh_path = dir.path().join("fresh.redb");
     {
-        let fresh = metakv::store::Store::open(metakv::store::Config::new(&fresh_path)).unwrap();
+        let mut fresh =
+            metakv::store::Store::open(metakv::store::Config::new(&fresh_path)).unwrap();
         fresh
             .apply(
                 &metakv::Op::CreateBucket {
@@ -140,7 +178,6 @@ async fn run(n: usize) {
                 metakv::store::Stamp { rev: 1, time_ms: 0 },
             )
             .unwrap();
-        let live: Vec<usize> = (0..n).filter(|i| i % 10 == 0).collect();
         for (c, chunk) in live.chunks(1000).enumerate() {
             fresh
                 .write(|w| {
@@ -160,6 +197,7 @@ async fn run(n: usize) {
                 })
                 .unwrap();
         }
+        fresh.compact().unwrap();
     }
     let fresh_bytes = std::fs::metadata(&fresh_path).unwrap().len();
 
@@ -178,6 +216,7 @@ async fn run(n: usize) {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let w = tokio::spawn(writer(nodes[0].clone(), stop));
     let t = Instant::now();
+    tracing::info!("GC job starts");
     let job = leader.gc_run(false, Some(0)).await.unwrap();
     let record = leader
         .gc_wait(job, Duration::from_millis(100))
@@ -205,8 +244,8 @@ async fn run(n: usize) {
         record.purged as f64 * 1000.0 / purge_ms as f64
     );
     println!(
-        "  fresh store with the {} live records: {} KiB",
-        n.div_ceil(10),
+        "  fresh compacted store with the {} live records: {} KiB",
+        live.len(),
         fresh_bytes / 1024
     );
     for c in &record.compactions {
@@ -227,7 +266,7 @@ async fn run(n: usize) {
         rss_before / 1024,
         rss_after / 1024
     );
-    let (s, d) = (p99(steady.clone()), p99(during.clone()));
+    let (s, d) = (p99(latencies(&steady)), p99(latencies(&during)));
     println!(
         "  writer p99: steady {:.2?} ({} writes), during the job {:.2?} ({} writes): {:.2}x",
         s,
@@ -236,6 +275,30 @@ async fn run(n: usize) {
         during.len(),
         d.as_secs_f64() / s.as_secs_f64()
     );
+    if std::env::var_os("METAKV_SLOW_WRITES").is_some() {
+        for &(at, d) in during.iter().filter(|&&(_, d)| d > s * 3) {
+            tracing::info!("slow write began {:.3?} into the job: {d:.2?}", at - t);
+        }
+    }
+    // The phases ran one after another from the job's start: the writes that began in each.
+    let mut from = t;
+    for p in &record.phases {
+        let to = from + Duration::from_millis(p.ms);
+        let inside: Vec<(Instant, Duration)> = during
+            .iter()
+            .copied()
+            .filter(|&(at, _)| at >= from && at < to)
+            .collect();
+        let max = inside.iter().map(|&(_, d)| d).max().unwrap_or_default();
+        println!(
+            "    during {:<14} {:>6} writes, p99 {:.2?}, max {:.2?}",
+            p.phase,
+            inside.len(),
+            p99(latencies(&inside)),
+            max
+        );
+        from = to;
+    }
     for n in &nodes {
         n.shutdown().await;
     }

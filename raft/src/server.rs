@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::state_machine::SnapshotFile;
 use crate::types::{Raft, SnapshotMeta, Vote};
-use crate::wire::{Hello, HelloReply, PROTOCOL_VERSION, Reply, Request, read_frame, write_frame};
+use crate::wire::{Hello, HelloReply, Reply, Request, read_frame, write_frame};
 
 /// How long a new connection may take to say hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,20 +116,7 @@ async fn connection(
                 return;
             }
         };
-    let refusal = if hello.protocol != PROTOCOL_VERSION {
-        Some(format!(
-            "protocol version {} is not this node's {PROTOCOL_VERSION}",
-            hello.protocol
-        ))
-    } else if hello.cluster_id != config.cluster_id {
-        Some(format!(
-            "cluster id {:?} is not this node's {:?}",
-            hello.cluster_id, config.cluster_id
-        ))
-    } else {
-        None
-    };
-    if let Some(reason) = refusal {
+    if let Err(reason) = hello.admit(&config.cluster_id) {
         tracing::warn!(%peer, %reason, "handshake refused");
         let _ = write_frame(&mut stream, &HelloReply::Refused { reason }).await;
         return;

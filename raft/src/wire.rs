@@ -28,6 +28,8 @@ pub const FRAME_BYTES_MAX: usize = metakv_store::VALUE_BYTES_MAX_CEILING + (16 <
 /// Bytes of snapshot per chunk frame.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const HEADER_BYTES: usize = 8;
+/// Most bytes reserved for a payload before any of it has arrived.
+const PAYLOAD_PREALLOC_MAX: usize = 64 << 10;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -114,13 +116,13 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
         }
     }
     let (len, crc) = check_header(header)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => WireError::Truncated,
-            _ => WireError::Io(e),
-        })?;
+    // The buffer grows with the bytes that arrive, not with the length a peer claims: a header
+    // announcing the largest frame and then silence costs one small allocation.
+    let mut payload = Vec::with_capacity(len.min(PAYLOAD_PREALLOC_MAX));
+    r.take(len as u64).read_to_end(&mut payload).await?;
+    if payload.len() < len {
+        return Err(WireError::Truncated);
+    }
     decode_payload(&payload, crc).map(Some)
 }
 
@@ -139,6 +141,25 @@ pub struct Hello {
     /// The dialing node, or `None` for a client.
     pub from: Option<u64>,
     pub protocol: u32,
+}
+
+impl Hello {
+    /// Whether a listener of cluster `cluster_id` admits this dialer; the refusal says why.
+    pub fn admit(&self, cluster_id: &str) -> Result<(), String> {
+        if self.protocol != PROTOCOL_VERSION {
+            Err(format!(
+                "protocol version {} is not this node's {PROTOCOL_VERSION}",
+                self.protocol
+            ))
+        } else if self.cluster_id != cluster_id {
+            Err(format!(
+                "cluster id {:?} is not this node's {cluster_id:?}",
+                self.cluster_id
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// The listener's answer to a [`Hello`].

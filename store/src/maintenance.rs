@@ -201,7 +201,9 @@ impl Store {
         let bytes_before = file_len(&self.path)?;
         let copy_path = compacting_path(&self.path);
         remove_if_present(&copy_path)?;
+        let started = std::time::Instant::now();
         let copied = self.copy_into(&copy_path);
+        let copy_ms = started.elapsed().as_millis() as u64;
         let (copy, rows) = match copied {
             Ok(done) => done,
             Err(e) => {
@@ -216,10 +218,20 @@ impl Store {
         }
         sync_dir(&self.path)?;
         // The old file's last handle closes here; its space returns to the file system.
+        let swapped = std::time::Instant::now();
         drop(std::mem::replace(&mut self.db, copy));
+        let close_ms = swapped.elapsed().as_millis() as u64;
         self.reload_states()?;
         let bytes_after = file_len(&self.path)?;
-        tracing::info!(path = %self.path.display(), bytes_before, bytes_after, rows, "compacted");
+        tracing::info!(
+            path = %self.path.display(),
+            bytes_before,
+            bytes_after,
+            rows,
+            copy_ms,
+            close_ms,
+            "compacted"
+        );
         Ok(CompactReport {
             bytes_before,
             bytes_after,

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use futures_util::{Stream, TryStreamExt};
-use metakv_store::{Applied, Scope, Stamp, Store, codec};
+use metakv_store::archive::ArchiveReader;
+use metakv_store::{Applied, ReadView, Scope, Stamp, Store, codec};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
@@ -86,14 +87,18 @@ impl StateMachine {
         &self.store
     }
 
-    fn applied(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let view = store
-            .read()
-            .map_err(|e| other("reading applied state", e))?;
-        let decode = |name: &str| -> io::Result<Option<Vec<u8>>> {
+    /// The last applied log id and membership as `view` sees them.
+    fn applied(view: &ReadView) -> io::Result<(Option<LogId>, StoredMembership)> {
+        StateMachine::decode_applied(|name| {
             view.meta(name)
                 .map_err(|e| other("reading applied state", e))
-        };
+        })
+    }
+
+    /// The same, from meta rows found by `decode` (absent rows: nothing applied yet).
+    fn decode_applied(
+        decode: impl Fn(&str) -> io::Result<Option<Vec<u8>>>,
+    ) -> io::Result<(Option<LogId>, StoredMembership)> {
         let applied = match decode(META_APPLIED)? {
             Some(b) => codec::unseal(META_FORMAT, &b)
                 .map_err(|e| other("decoding the applied log id", e))?,
@@ -165,8 +170,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // IMPORTANT: openraft purges the log up to a snapshot; everything the snapshot holds
             // must be durable in the store first, or a crash would lose entries no log holds.
             store.sync().map_err(|e| other("syncing before a snapshot", e))?;
+            // IMPORTANT: the meta comes from the same view as the data. Entries keep being
+            // applied while a snapshot is built; a meta read from a later view would claim
+            // entries the data does not hold, and a node installing it would skip them.
             let view = store.read().map_err(|e| other("reading for a snapshot", e))?;
-            let (last_log_id, last_membership) = StateMachine::applied(&store)?;
+            let (last_log_id, last_membership) = StateMachine::applied(&view)?;
             let meta = SnapshotMeta { last_log_id, last_membership };
             let name = snapshot_name(&meta.last_log_id);
             let tmp = dir.join(format!("{name}.tmp"));
@@ -188,7 +196,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let store = Arc::clone(&self.store);
-        blocking(move || StateMachine::applied(&read_store(&store))).await
+        blocking(move || {
+            let view = read_store(&store)
+                .read()
+                .map_err(|e| other("reading applied state", e))?;
+            StateMachine::applied(&view)
+        })
+        .await
     }
 
     async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
@@ -267,18 +281,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut dst = File::create(&tmp)?;
             io::copy(&mut src, &mut dst)?;
             dst.sync_all()?;
+            // The archive carries the source's meta, applied log id and membership included, so
+            // the store becomes byte for byte what the source was. Writing them again here
+            // would add rows a source that had applied nothing does not have.
+            let header = ArchiveReader::open(BufReader::new(File::open(&tmp)?))
+                .map_err(|e| other("reading a snapshot's header", e))?;
+            let (applied, membership) = StateMachine::decode_applied(|name| {
+                Ok(header.meta().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            })?;
+            if applied != meta.last_log_id || membership != meta.last_membership {
+                return Err(other(
+                    "installing a snapshot",
+                    format!(
+                        "its data is at {applied:?} with {membership:?}, its meta says {:?} with {:?}",
+                        meta.last_log_id, meta.last_membership
+                    ),
+                ));
+            }
             let imported = store
                 .import(BufReader::new(File::open(&tmp)?))
                 .map_err(|e| other("installing a snapshot", e))?;
-            store
-                .write(|w| {
-                    w.set_meta(META_APPLIED, &codec::seal(META_FORMAT, &meta.last_log_id))?;
-                    w.set_meta(
-                        META_MEMBERSHIP,
-                        &codec::seal(META_FORMAT, &meta.last_membership),
-                    )
-                })
-                .map_err(|e| other("recording an installed snapshot", e))?;
             store
                 .sync()
                 .map_err(|e| other("syncing an installed snapshot", e))?;

@@ -76,7 +76,12 @@ fn fixture() -> &'static Mutex<Fixture> {
             .expect("a bucket export")
             .1;
         let store = open("target.redb");
-        apply(&store, Op::CreateBucket { bucket: "old".into() });
+        apply(
+            &store,
+            Op::CreateBucket {
+                bucket: "old".into(),
+            },
+        );
         let put = Op::Put {
             bucket: "old".into(),
             key: b"k".to_vec(),
@@ -85,9 +90,13 @@ fn fixture() -> &'static Mutex<Fixture> {
         };
         apply(&store, put);
         let prior = export(&store);
-        store.import(valid.as_slice()).expect("importing the valid archive");
+        store
+            .import(valid.as_slice())
+            .expect("importing the valid archive");
         let imported = export(&store);
-        store.import(prior.as_slice()).expect("restoring the prior state");
+        store
+            .import(prior.as_slice())
+            .expect("restoring the prior state");
         Mutex::new(Fixture {
             _dir: dir,
             store,
@@ -145,14 +154,22 @@ fuzz_target!(|data: &[u8]| {
     let complete = read_all(&bytes);
     if let Some(original) = &original {
         // A cut or flipped archive is never vouched for (two flips may restore a byte).
-        assert_eq!(complete, bytes == *original, "a damaged archive was read as whole");
+        assert_eq!(
+            complete,
+            bytes == *original,
+            "a damaged archive was read as whole"
+        );
     }
     match f.store.import(bytes.as_slice()) {
         Ok(_) => {
             assert!(complete, "an import succeeded where the reader refused");
             if original.is_some() {
                 assert_eq!(bytes, f.valid, "a damaged archive was imported");
-                assert_eq!(export(&f.store), f.imported, "the import differs from the archive");
+                assert_eq!(
+                    export(&f.store),
+                    f.imported,
+                    "the import differs from the archive"
+                );
             }
             let prior = f.prior.clone();
             f.store
@@ -161,7 +178,11 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             assert!(!e.to_string().is_empty());
-            assert_eq!(export(&f.store), f.prior, "a refused import changed the store");
+            assert_eq!(
+                export(&f.store),
+                f.prior,
+                "a refused import changed the store"
+            );
         }
     }
 });

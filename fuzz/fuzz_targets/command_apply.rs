@@ -104,7 +104,9 @@ fuzz_target!(|data: &[u8]| {
     if log.is_empty() {
         return;
     }
-    let Ok(split) = u.int_in_range(0..=log.len()) else { return };
+    let Ok(split) = u.int_in_range(0..=log.len()) else {
+        return;
+    };
     let (Ok(all), Ok(first), Ok(rest)) = (
         batches(&mut u, &log),
         batches(&mut u, &log[..split]),
@@ -123,14 +125,21 @@ fuzz_target!(|data: &[u8]| {
         }
         let snapshot = b.sm.build_snapshot().await.expect("a snapshot");
         let mut c = Node::new();
-        c.sm
-            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        c.sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await
             .expect("installing the snapshot");
-        assert_eq!(c.export(), b.export(), "the installed snapshot differs from its source");
+        assert_eq!(
+            c.export(),
+            b.export(),
+            "the installed snapshot differs from its source"
+        );
         for batch in rest {
             c.apply(batch).await;
         }
-        assert_eq!(a.export(), c.export(), "the same log gave two different states");
+        assert_eq!(
+            a.export(),
+            c.export(),
+            "the same log gave two different states"
+        );
     });
 });

@@ -52,7 +52,10 @@ fn tombstones(u: &mut Unstructured) -> Result<Vec<TombstoneRef>> {
     // Sorted by (bucket, key), one per key, as a store's tombstone index is.
     let mut out: Vec<TombstoneRef> = Vec::new();
     for t in set {
-        if out.last().is_none_or(|l| (&l.bucket, &l.key) != (&t.bucket, &t.key)) {
+        if out
+            .last()
+            .is_none_or(|l| (&l.bucket, &l.key) != (&t.bucket, &t.key))
+        {
             out.push(t);
         }
     }
@@ -93,11 +96,17 @@ impl World {
     fn queue(&mut self, actions: Vec<Action>) {
         for a in actions {
             if let Action::Purge { job, items } = &a {
-                assert_eq!(self.manager.running(), Some(*job), "a purge from a job not running");
+                assert_eq!(
+                    self.manager.running(),
+                    Some(*job),
+                    "a purge from a job not running"
+                );
                 for item in items {
                     for &n in &self.members {
                         assert!(
-                            self.reported.get(&(*job, n)).is_some_and(|r| r.contains(item)),
+                            self.reported
+                                .get(&(*job, n))
+                                .is_some_and(|r| r.contains(item)),
                             "job {job} purges {item:?}, which node {n} did not report"
                         );
                     }
@@ -130,7 +139,10 @@ impl World {
         );
         match started {
             Ok((_, actions)) => {
-                assert!(was_running.is_none(), "a second job started beside {was_running:?}");
+                assert!(
+                    was_running.is_none(),
+                    "a second job started beside {was_running:?}"
+                );
                 self.queue(actions);
             }
             Err(e) => assert!(!e.to_string().is_empty()),
@@ -183,7 +195,11 @@ impl World {
                 let job = request.job().expect("jobs call with a job");
                 if how == 1 {
                     if current {
-                        self.event(Event::CallFailed { job, node, error: "lost".into() });
+                        self.event(Event::CallFailed {
+                            job,
+                            node,
+                            error: "lost".into(),
+                        });
                     }
                     return;
                 }
@@ -201,12 +217,22 @@ impl World {
                 }
             }
             Action::Purge { job, items } if current => match how {
-                1 => self.event(Event::PurgeFailed { job, error: "no quorum".into() }),
+                1 => self.event(Event::PurgeFailed {
+                    job,
+                    error: "no quorum".into(),
+                }),
                 2 => {}
-                _ => self.event(Event::Purged { job, purged: items.len() as u64, skipped: 0 }),
+                _ => self.event(Event::Purged {
+                    job,
+                    purged: items.len() as u64,
+                    skipped: 0,
+                }),
             },
             Action::WriteRecord(r) if current => match how {
-                1 => self.event(Event::RecordFailed { job: r.id, error: "no quorum".into() }),
+                1 => self.event(Event::RecordFailed {
+                    job: r.id,
+                    error: "no quorum".into(),
+                }),
                 2 => {}
                 _ => self.event(Event::RecordWritten { job: r.id }),
             },
@@ -250,7 +276,10 @@ impl World {
     fn check(&self) {
         for (n, agent) in &self.agents {
             if let Some(h) = agent.hold() {
-                assert!(h.deadline_ms >= self.now, "node {n} holds {h:?} past its deadline");
+                assert!(
+                    h.deadline_ms >= self.now,
+                    "node {n} holds {h:?} past its deadline"
+                );
                 assert!(
                     h.deadline_ms <= self.now.saturating_add(self.config.lease_ms),
                     "node {n} holds {h:?} longer than one lease from {}",
@@ -272,7 +301,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
             1..=8 => {
                 if !w.pending.is_empty() {
                     // Mostly in order; sometimes any pending action first.
-                    let i = if u.ratio(1, 4)? { u.choose_index(w.pending.len())? } else { 0 };
+                    let i = if u.ratio(1, 4)? {
+                        u.choose_index(w.pending.len())?
+                    } else {
+                        0
+                    };
                     let how = match u.int_in_range(0..=15)? {
                         0 => 1,
                         1 => 2,

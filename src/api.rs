@@ -83,6 +83,50 @@ pub enum ClientRequest {
     GcStatus {
         limit: u32,
     },
+    /// Compacts the answering node's state file (rebuilds it). Its requests wait meanwhile;
+    /// the rest of the cluster goes on.
+    CompactNode,
+    /// Checks the answering node's store: redb's page checksums, every record's crc and
+    /// contents, every index and counter. Its requests wait meanwhile.
+    CheckNode,
+}
+
+/// What compacting one node did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCompacted {
+    pub node: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// What checking one node's store found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCheck {
+    pub node: u64,
+    /// redb's verdict on the file: `clean`, `repaired`, or `failed: <why>`.
+    pub file: String,
+    pub records: u64,
+    /// Every problem found, up to `metakv_store::CHECK_PROBLEMS_LISTED_MAX`.
+    pub problems: Vec<String>,
+}
+
+impl NodeCheck {
+    pub fn from_report(node: u64, report: &metakv_store::CheckReport) -> NodeCheck {
+        NodeCheck {
+            node,
+            file: match &report.file {
+                metakv_store::FileCheck::Clean => "clean".to_owned(),
+                metakv_store::FileCheck::Repaired => "repaired".to_owned(),
+                metakv_store::FileCheck::Failed(why) => format!("failed: {why}"),
+            },
+            records: report.records_checked,
+            problems: report.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        !self.file.starts_with("failed") && self.problems.is_empty()
+    }
 }
 
 /// The changes of a bucket after a revision (see `metakv_store::ReadView::changes`).
@@ -171,6 +215,8 @@ pub enum ClientReply {
     ClusterStatus(ClusterStatus),
     GcStarted(JobId),
     GcStatus(GcStatus),
+    Compacted(NodeCompacted),
+    Checked(NodeCheck),
     Done,
     Error(Error),
 }
@@ -389,6 +435,23 @@ pub trait Kv {
     async fn gc_status(&self, limit: u32) -> Result<GcStatus> {
         match self.request(ClientRequest::GcStatus { limit }).await? {
             ClientReply::GcStatus(s) => Ok(s),
+            other => unexpected(other),
+        }
+    }
+
+    /// Compacts the state file of the node this request reaches (a [`Client`](crate::Client)
+    /// of one endpoint reaches that node).
+    async fn compact_node(&self) -> Result<NodeCompacted> {
+        match self.request(ClientRequest::CompactNode).await? {
+            ClientReply::Compacted(c) => Ok(c),
+            other => unexpected(other),
+        }
+    }
+
+    /// Checks the store of the node this request reaches.
+    async fn check_node(&self) -> Result<NodeCheck> {
+        match self.request(ClientRequest::CheckNode).await? {
+            ClientReply::Checked(c) => Ok(c),
             other => unexpected(other),
         }
     }

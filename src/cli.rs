@@ -14,6 +14,8 @@ use metakv::{
 };
 use serde_json::{Value, json};
 
+use crate::offline;
+
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
     /// Every member's role, applied index and file size, as each reports it.
@@ -86,6 +88,23 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
+    /// Integrity check: redb's page checksums, every record's crc and contents, every index.
+    /// Of the node at --endpoint while it runs (its requests wait meanwhile), or with
+    /// --data-dir of a stopped node's files. Exit 1 with every problem listed.
+    Check {
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Compaction (a rebuild of the state file): of every node, one at a time, followers
+    /// first; of one with --node; or with --offline --data-dir of a stopped node's files.
+    Compact {
+        #[arg(long, conflicts_with = "offline")]
+        node: Option<u64>,
+        #[arg(long, requires = "data_dir")]
+        offline: bool,
+        #[arg(long, requires = "offline")]
+        data_dir: Option<std::path::PathBuf>,
+    },
     #[command(subcommand)]
     Cluster(ClusterCmd),
     #[command(subcommand)]
@@ -141,7 +160,7 @@ pub enum ClientCmd {
 }
 
 /// A failure with its exit code.
-struct Fail(u8, String);
+pub struct Fail(pub u8, pub String);
 
 impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
@@ -303,6 +322,15 @@ fn print_job(r: &JobRecord) {
 
 async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail> {
     match cmd {
+        ClientCmd::Check {
+            data_dir: Some(dir),
+        } => offline::check_offline(&dir, json)?,
+        ClientCmd::Check { data_dir: None } => offline::check_live(client, json).await?,
+        ClientCmd::Compact {
+            data_dir: Some(dir),
+            ..
+        } => offline::compact_offline(&dir, json)?,
+        ClientCmd::Compact { node, .. } => offline::compact_live(client, node, json).await?,
         ClientCmd::Gc(GcCmd::Run {
             dry_run,
             min_age,

@@ -11,6 +11,7 @@ use crate::pool::{Pool, unavailable};
 #[derive(Debug)]
 pub struct Client {
     endpoints: Vec<String>,
+    cluster_id: String,
     pool: Pool,
     timeout: Duration,
 }
@@ -21,9 +22,16 @@ impl Client {
     pub fn new(endpoints: Vec<String>, cluster_id: &str) -> Client {
         Client {
             endpoints,
+            cluster_id: cluster_id.to_owned(),
             pool: Pool::new(cluster_id.to_owned(), None),
             timeout: Duration::from_secs(15),
         }
+    }
+
+    /// A client of the same cluster, with the same timeout, through `endpoint` only: what a
+    /// request meant for one node (`compact_node`, `check_node`, `status`) goes through.
+    pub fn via(&self, endpoint: &str) -> Client {
+        Client::new(vec![endpoint.to_owned()], &self.cluster_id).with_timeout(self.timeout)
     }
 
     /// How long one request may take, forwarding included.

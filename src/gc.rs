@@ -160,17 +160,11 @@ impl Node {
     /// store waits for it on the store's lock (none fails); Raft keeps running and applies what
     /// it missed afterwards.
     pub(crate) async fn compact_state(&self) -> Result<(u64, u64)> {
-        let store = std::sync::Arc::clone(&self.inner.store);
-        tokio::task::spawn_blocking(move || {
-            let mut store = store
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.exclusive(|store| {
             store.sync()?;
             store.compact().map(|r| (r.bytes_before, r.bytes_after))
         })
         .await
-        .map_err(|e| Error::Storage(format!("compaction task: {e}")))?
-        .map_err(Error::from_store)
     }
 
     /// The last `limit` job records in `_sys`, newest first, as this node has them.

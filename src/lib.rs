@@ -15,7 +15,7 @@ mod pool;
 
 pub use api::{
     ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Kv, Member, MemberReport,
-    NodeStatus, Role, ScanPage, Watch, WatchEvent,
+    NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage, Watch, WatchEvent,
 };
 pub use client::Client;
 pub use error::{Error, Result};

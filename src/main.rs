@@ -68,21 +68,6 @@ enum Command {
     },
     /// Closed-loop durable writes against a cluster: writes/s and p50/p99/max latency.
     Bench(bench::BenchArgs),
-    /// Integrity of a stopped node's files: redb page checksums, every record's crc, every
-    /// index. Exit 1 with every problem listed when anything is wrong.
-    Check {
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
-    /// Compaction of a stopped node's files (`--offline --data-dir DIR`): bytes before and after.
-    Compact {
-        /// Compact the files of a stopped node (a live cluster's files are compacted by each
-        /// GC job, `metakv gc run`).
-        #[arg(long, required = true)]
-        offline: bool,
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
     /// Walk through the store in a temporary directory: users, deletes, tombstone GC,
     /// compaction, pause and resume of a bucket, integrity check.
     Demo {
@@ -100,8 +85,6 @@ fn main() -> ExitCode {
             return cli::run(endpoint, cli.cluster_id, cli.json, cmd);
         }
         Command::Demo { users } => demo::run(users),
-        Command::Check { data_dir } => return offline::check(&data_dir, cli.json),
-        Command::Compact { data_dir, .. } => return offline::compact(&data_dir, cli.json),
         Command::Bench(args) => bench::run(args, cli.endpoint, cli.cluster_id),
         Command::Serve {
             id,

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{
     CLIENT_SERVICE, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Kv,
-    Member, MemberReport, NodeStatus, Role, ScanPage, applied,
+    Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage, applied,
 };
 use crate::error::{Error, Result};
 use crate::gc::{GcState, GcStatus};
@@ -365,6 +365,23 @@ impl Node {
         }
     }
 
+    /// Runs `f` with this node's store taken out of service (its write lock), on a blocking
+    /// thread: every request that needs the store waits until `f` returns; none fails.
+    pub(crate) async fn exclusive<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> metakv_store::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = Arc::clone(&self.inner.store);
+        tokio::task::spawn_blocking(move || {
+            f(&mut store
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner))
+        })
+        .await
+        .map_err(blocking_err)?
+        .map_err(Error::from_store)
+    }
+
     /// Runs `f` on this node's copy of the store, on a blocking thread.
     pub(crate) async fn local<T: Send + 'static>(
         &self,
@@ -584,6 +601,24 @@ impl Node {
             }
             ClientRequest::ClusterStatus => {
                 Ok(ClientReply::ClusterStatus(self.cluster_status_now().await))
+            }
+            ClientRequest::CompactNode => {
+                let node = self.inner.id;
+                self.compact_state()
+                    .await
+                    .map(|(bytes_before, bytes_after)| {
+                        ClientReply::Compacted(NodeCompacted {
+                            node,
+                            bytes_before,
+                            bytes_after,
+                        })
+                    })
+            }
+            ClientRequest::CheckNode => {
+                let node = self.inner.id;
+                self.exclusive(move |store| store.check())
+                    .await
+                    .map(|report| ClientReply::Checked(NodeCheck::from_report(node, &report)))
             }
             ClientRequest::Join { id, addr } => {
                 match raft.add_learner(id, NodeAddr { addr }, true).await {

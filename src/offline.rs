@@ -1,109 +1,151 @@
-//! Commands on a stopped node's files: `check` and `compact --offline`.
+//! `check` and `compact`, on a live node through the client API or on a stopped node's files.
 
 use std::path::Path;
-use std::process::ExitCode;
 
-use metakv_store::{Config, FileCheck, Store};
+use metakv::{Client, Kv, NodeCheck, Role};
+use metakv_store::{Config, Store};
 use serde_json::json;
 
-fn open(dir: &Path) -> Result<Store, String> {
+use crate::cli::Fail;
+
+fn open(dir: &Path) -> Result<Store, Fail> {
     let path = dir.join("state.redb");
     if !path.exists() {
-        return Err(format!(
-            "{} has no state.redb: not a metakv data dir",
-            dir.display()
+        return Err(Fail(
+            1,
+            format!("{} has no state.redb: not a metakv data dir", dir.display()),
         ));
     }
-    Store::open(Config::new(&path)).map_err(|e| format!("opening {}: {e}", path.display()))
+    Store::open(Config::new(&path)).map_err(|e| Fail(1, format!("opening {}: {e}", path.display())))
 }
 
-/// Integrity of a stopped node's store: redb's page checksums, every record's crc, every index.
-/// Exit 0 when clean, 1 with every problem listed when not.
-pub fn check(dir: &Path, json_out: bool) -> ExitCode {
-    let report = match open(dir).and_then(|mut s| s.check().map_err(|e| e.to_string())) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("metakv: check: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let file = match &report.file {
-        FileCheck::Clean => "clean".to_owned(),
-        FileCheck::Repaired => "repaired".to_owned(),
-        FileCheck::Failed(why) => format!("failed: {why}"),
-    };
-    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+/// Prints a check's findings; a failure (exit 1) when anything is wrong.
+fn report_check(what: &str, check: &NodeCheck, json_out: bool) -> Result<(), Fail> {
     if json_out {
         println!(
             "{}",
-            json!({"ok": report.is_ok(), "file": file, "records": report.records_checked, "problems": problems})
+            json!({"node": check.node, "ok": check.is_ok(), "file": check.file,
+                   "records": check.records, "problems": check.problems})
         );
     } else {
         println!(
-            "{}: {} records checked, file {file}, {} problems",
-            dir.display(),
-            report.records_checked,
-            problems.len()
+            "{what}: {} records checked, file {}, {} problems",
+            check.records,
+            check.file,
+            check.problems.len()
         );
-        for p in &problems {
+        for p in &check.problems {
             println!("  {p}");
         }
     }
-    if report.is_ok() {
-        ExitCode::SUCCESS
+    if check.is_ok() {
+        Ok(())
     } else {
-        eprintln!(
-            "metakv: check: {} problems in {}",
-            problems.len().max(1),
-            dir.display()
-        );
-        ExitCode::FAILURE
+        Err(Fail(
+            1,
+            format!("check: {} problems in {what}", check.problems.len().max(1)),
+        ))
     }
 }
 
+/// Integrity of a stopped node's store: redb's page checksums, every record's crc, every index.
+pub fn check_offline(dir: &Path, json_out: bool) -> Result<(), Fail> {
+    let report = open(dir)?
+        .check()
+        .map_err(|e| Fail(1, format!("check: {e}")))?;
+    report_check(
+        &dir.display().to_string(),
+        &NodeCheck::from_report(0, &report),
+        json_out,
+    )
+}
+
+/// The same check on the node the client reaches, while it runs: its requests wait meanwhile.
+pub async fn check_live(client: &Client, json_out: bool) -> Result<(), Fail> {
+    let check = client.check_node().await?;
+    report_check(&format!("node {}", check.node), &check, json_out)
+}
+
 /// Compacts a stopped node's store and log files; reports bytes before and after each.
-pub fn compact(dir: &Path, json_out: bool) -> ExitCode {
-    let result = (|| -> Result<Vec<(&'static str, u64, u64)>, String> {
-        let mut out = Vec::new();
-        let report = open(dir)?.compact().map_err(|e| e.to_string())?;
-        out.push(("state.redb", report.bytes_before, report.bytes_after));
-        let log = dir.join("raft-log.redb");
-        if log.exists() {
-            let len = |p: &Path| {
-                std::fs::metadata(p)
-                    .map(|m| m.len())
-                    .map_err(|e| e.to_string())
-            };
-            let before = len(&log)?;
-            let mut db = redb::Database::create(&log)
-                .map_err(|e| format!("opening {}: {e}", log.display()))?;
-            while db
-                .compact()
-                .map_err(|e| format!("compacting {}: {e}", log.display()))?
-            {}
-            drop(db);
-            out.push(("raft-log.redb", before, len(&log)?));
-        }
-        Ok(out)
-    })();
-    match result {
-        Ok(files) => {
-            if json_out {
-                let files: Vec<_> = files
-                    .iter()
-                    .map(|(f, b, a)| json!({"file": f, "bytes_before": b, "bytes_after": a}))
-                    .collect();
-                println!("{}", json!({"files": files}));
-            } else {
-                for (f, b, a) in files {
-                    println!("{f}: {b} -> {a} bytes");
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("metakv: compact: {e}");
-            ExitCode::FAILURE
+pub fn compact_offline(dir: &Path, json_out: bool) -> Result<(), Fail> {
+    let fail = |e: String| Fail(1, format!("compact: {e}"));
+    let mut files = Vec::new();
+    let report = open(dir)?.compact().map_err(|e| fail(e.to_string()))?;
+    files.push(("state.redb", report.bytes_before, report.bytes_after));
+    let log = dir.join("raft-log.redb");
+    if log.exists() {
+        let len = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| fail(e.to_string()))
+        };
+        let before = len(&log)?;
+        let mut db = redb::Database::create(&log)
+            .map_err(|e| fail(format!("opening {}: {e}", log.display())))?;
+        while db
+            .compact()
+            .map_err(|e| fail(format!("compacting {}: {e}", log.display())))?
+        {}
+        drop(db);
+        files.push(("raft-log.redb", before, len(&log)?));
+    }
+    if json_out {
+        let files: Vec<_> = files
+            .iter()
+            .map(|(f, b, a)| json!({"file": f, "bytes_before": b, "bytes_after": a}))
+            .collect();
+        println!("{}", json!({"files": files}));
+    } else {
+        for (f, b, a) in files {
+            println!("{f}: {b} -> {a} bytes");
         }
     }
+    Ok(())
+}
+
+/// Compacts live nodes one at a time: `only` that one, or every member, followers first and
+/// the leader last. Each node's requests wait while its own file is rebuilt; the others serve.
+pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) -> Result<(), Fail> {
+    let status = client.cluster_status().await?;
+    let mut targets: Vec<(bool, u64, String)> = status
+        .nodes
+        .iter()
+        .map(|r| {
+            let leader = r.status.as_ref().is_ok_and(|s| s.role == Role::Leader);
+            (leader, r.member.id, r.member.addr.clone())
+        })
+        .filter(|(_, id, _)| only.is_none_or(|o| o == *id))
+        .collect();
+    if let Some(id) = only
+        && targets.is_empty()
+    {
+        return Err(Fail(1, format!("compact: node {id} is not a member")));
+    }
+    targets.sort();
+    let mut nodes = Vec::new();
+    for (_, id, addr) in targets {
+        if !json_out {
+            eprintln!("compacting node {id} ({addr})...");
+        }
+        let c = client
+            .via(&addr)
+            .compact_node()
+            .await
+            .map_err(|e| Fail(1, format!("compact: node {id} ({addr}): {e}")))?;
+        if !json_out {
+            println!(
+                "node {}: {} KiB -> {} KiB",
+                c.node,
+                c.bytes_before / 1024,
+                c.bytes_after / 1024
+            );
+        }
+        nodes.push(
+            json!({"id": c.node, "bytes_before": c.bytes_before, "bytes_after": c.bytes_after}),
+        );
+    }
+    if json_out {
+        println!("{}", json!({ "nodes": nodes }));
+    }
+    Ok(())
 }

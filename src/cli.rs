@@ -250,6 +250,45 @@ fn written(applied: Applied, what: &str) -> Result<u64, Fail> {
     }
 }
 
+/// A GC job record as `--json` prints it: enumerations in lower case, one entry per node.
+fn job_json(r: &JobRecord) -> Value {
+    let (outcome, reason) = match &r.outcome {
+        GcOutcome::Running => ("running", None),
+        GcOutcome::Handoff { .. } => ("handoff", None),
+        GcOutcome::Succeeded => ("succeeded", None),
+        GcOutcome::Failed { reason } => ("failed", Some(reason.clone())),
+    };
+    let trigger = match r.trigger {
+        metakv::gc_engine::Trigger::Timer => "timer",
+        metakv::gc_engine::Trigger::Threshold { .. } => "threshold",
+        metakv::gc_engine::Trigger::Demand => "demand",
+    };
+    let nodes: Vec<Value> = r
+        .members
+        .iter()
+        .map(|&id| {
+            let collected = r.collected.iter().find(|(n, _)| *n == id).map(|(_, c)| *c);
+            let c = r.compactions.iter().find(|c| c.node == id);
+            json!({"id": id, "collected": collected,
+                   "bytes_before": c.map(|c| c.bytes_before), "bytes_after": c.map(|c| c.bytes_after)})
+        })
+        .collect();
+    let phases: Vec<Value> = r
+        .phases
+        .iter()
+        .map(|p| json!({"phase": p.phase, "ms": p.ms}))
+        .collect();
+    let sample: Vec<Value> = r
+        .sample
+        .iter()
+        .map(|t| json!({"bucket": t.bucket, "key": String::from_utf8_lossy(&t.key), "rev": t.rev}))
+        .collect();
+    json!({"job": r.id.to_string(), "outcome": outcome, "reason": reason, "trigger": trigger,
+           "dry_run": r.dry_run, "leader": r.leader, "started_ms": r.started_ms,
+           "finished_ms": r.finished_ms, "agreed": r.agreed, "purged": r.purged,
+           "skipped": r.skipped, "nodes": nodes, "phases": phases, "sample": sample})
+}
+
 fn status_line(s: &NodeStatus) -> String {
     format!(
         "{:>4}  {:<21}  {:<9}  term {:<4} applied {:<8} committed {:<8} state {} B, log {} B",
@@ -369,10 +408,7 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_value(&record).map_err(|e| Fail(1, e.to_string()))?
-                );
+                println!("{}", job_json(&record));
             } else {
                 print_job(&record);
             }
@@ -383,10 +419,12 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
         ClientCmd::Gc(GcCmd::Status { limit }) => {
             let status = client.gc_status(limit).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_value(&status).map_err(|e| Fail(1, e.to_string()))?
-                );
+                let running = status.running.as_ref().map(|p| {
+                    json!({"job": p.job.to_string(), "phase": p.phase, "agreed": p.agreed,
+                           "purged": p.purged})
+                });
+                let jobs: Vec<Value> = status.jobs.iter().map(job_json).collect();
+                println!("{}", json!({"running": running, "jobs": jobs}));
             } else {
                 match &status.running {
                     Some(p) => println!(

@@ -300,7 +300,14 @@ fn gc_commands_against_a_real_node() {
     assert_eq!(code, 0, "{err}");
     let record = json(&out);
     assert_eq!(record["purged"], 2);
-    assert_eq!(record["outcome"], "Succeeded");
+    assert_eq!(record["outcome"], "succeeded");
+    assert_eq!(record["nodes"][0]["id"], 1);
+    assert_eq!(record["nodes"][0]["collected"], 2);
+    assert!(
+        record["nodes"][0]["bytes_after"].as_u64().unwrap()
+            <= record["nodes"][0]["bytes_before"].as_u64().unwrap(),
+        "{record}"
+    );
     assert!(err.contains("started"), "{err}");
     let (code, out, _) = cli(addr, &["--json", "gc", "status", "--limit", "2"]);
     assert_eq!(code, 0);

@@ -4,6 +4,7 @@
 
 mod bench;
 mod cli;
+mod config;
 mod demo;
 mod offline;
 
@@ -21,14 +22,9 @@ struct Cli {
     /// its own 3-node cluster].
     #[arg(long, global = true, env = "METAKV_ENDPOINT")]
     endpoint: Option<String>,
-    /// Nodes and clients of another cluster id refuse each other.
-    #[arg(
-        long,
-        global = true,
-        default_value = "metakv",
-        env = "METAKV_CLUSTER_ID"
-    )]
-    cluster_id: String,
+    /// Nodes and clients of another cluster id refuse each other [default: metakv].
+    #[arg(long, global = true, env = "METAKV_CLUSTER_ID")]
+    cluster_id: Option<String>,
     /// One JSON object per result (one per line for ls and watch).
     #[arg(long, global = true)]
     json: bool,
@@ -43,28 +39,37 @@ enum Command {
     /// Run a node. With no flags: node 1 in ./metakv-data on 127.0.0.1:7379, a single-node
     /// cluster initialized on first start.
     Serve {
-        #[arg(long, default_value_t = 1)]
-        id: u64,
-        #[arg(long, default_value = "metakv-data")]
-        data_dir: PathBuf,
-        /// Address to listen on (port 0: any free port; the bound address is printed).
-        #[arg(long, default_value = "127.0.0.1:7379")]
-        listen: String,
+        /// A TOML file with any of these settings and more (see `src/config.rs` or the
+        /// README's configuration reference); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This node's id [default: 1].
+        #[arg(long)]
+        id: Option<u64>,
+        /// [default: metakv-data]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on (port 0: any free port; the bound address is printed)
+        /// [default: 127.0.0.1:7379].
+        #[arg(long)]
+        listen: Option<String>,
         /// Address the other nodes dial, if not the listen address.
         #[arg(long)]
         advertise: Option<String>,
         /// A member of a running cluster to join (a new node only; a restart needs no join).
         #[arg(long)]
         join: Option<String>,
-        /// Time between tombstone GC jobs while this node leads (0: only on demand).
-        #[arg(long, default_value = "1h", value_parser = cli::parse_duration_ms)]
-        gc_interval: u64,
-        /// A GC job starts when the leader holds more tombstones than this (0: off).
-        #[arg(long, default_value_t = 1_000_000)]
-        gc_threshold: u64,
-        /// Tombstones younger than this are kept (watchers and compare-and-set see deletes).
-        #[arg(long, default_value = "10m", value_parser = cli::parse_duration_ms)]
-        gc_min_age: u64,
+        /// Time between tombstone GC jobs while this node leads (0: only on demand) [default: 1h].
+        #[arg(long, value_parser = cli::parse_duration_ms)]
+        gc_interval: Option<u64>,
+        /// A GC job starts when the leader holds more tombstones than this (0: off)
+        /// [default: 1000000].
+        #[arg(long)]
+        gc_threshold: Option<u64>,
+        /// Tombstones younger than this are kept (watchers and compare-and-set see deletes)
+        /// [default: 10m].
+        #[arg(long, value_parser = cli::parse_duration_ms)]
+        gc_min_age: Option<u64>,
     },
     /// Closed-loop durable writes against a cluster: writes/s and p50/p99/max latency.
     Bench(bench::BenchArgs),
@@ -82,11 +87,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Client(cmd) => {
             let endpoint = cli.endpoint.unwrap_or_else(|| "127.0.0.1:7379".into());
-            return cli::run(endpoint, cli.cluster_id, cli.json, cmd);
+            let cluster_id = cli.cluster_id.unwrap_or_else(|| "metakv".into());
+            return cli::run(endpoint, cluster_id, cli.json, cmd);
         }
         Command::Demo { users } => demo::run(users),
-        Command::Bench(args) => bench::run(args, cli.endpoint, cli.cluster_id),
+        Command::Bench(args) => bench::run(
+            args,
+            cli.endpoint,
+            cli.cluster_id.unwrap_or_else(|| "metakv".into()),
+        ),
         Command::Serve {
+            config,
             id,
             data_dir,
             listen,
@@ -96,14 +107,32 @@ fn main() -> ExitCode {
             gc_threshold,
             gc_min_age,
         } => {
-            let mut config = NodeConfig::new(id, data_dir, listen);
-            config.gc.interval_ms = gc_interval;
-            config.gc.tombstone_threshold = gc_threshold;
-            config.gc.min_age_ms = gc_min_age;
-            config.advertise = advertise;
-            config.join = join;
-            config.cluster_id = cli.cluster_id;
-            serve(config)
+            let flags = config::Flags {
+                id,
+                data_dir,
+                listen,
+                advertise,
+                join,
+                cluster_id: cli.cluster_id,
+                gc_interval,
+                gc_threshold,
+                gc_min_age,
+            };
+            let resolved = config
+                .as_deref()
+                .map_or_else(|| Ok(config::FileConfig::default()), config::read)
+                .and_then(|file| config::resolve(file, flags))
+                .map_err(|e| match &config {
+                    Some(path) => e.replacen("config:", &format!("config {}:", path.display()), 1),
+                    None => e,
+                });
+            match resolved {
+                Ok(config) => serve(config),
+                Err(e) => {
+                    eprintln!("metakv: {e}");
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     match result {

@@ -398,3 +398,77 @@ fn live_compaction_and_check() {
     assert_eq!(code, 0);
     assert!(out.contains(&big), "{out}");
 }
+
+/// `serve --config FILE`: the file sets the node (its listen address, data dir, cluster id and
+/// GC settings), a flag overrides it, and a bad file is a usage error naming what is wrong.
+#[test]
+fn serve_reads_a_config_file_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("metakv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = 5\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncluster_id = \"from-file\"\n\n[gc]\nmin_age = \"0\"\ninterval = \"0\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--id".to_owned(),
+        "7".to_owned(),
+    ];
+    let node = common::serve_args(dir.path(), 7, &args);
+    let addr = node.addr.as_str();
+    let with_id = |args: &[&str]| {
+        let out = metakv()
+            .args(["--endpoint", addr, "--cluster-id", "from-file"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = with_id(&["--json", "cluster", "status"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["nodes"][0]["id"],
+        7
+    );
+    assert!(dir.path().join("data").join("state.redb").exists());
+    // The file's cluster id: a client of the default one is refused at the handshake.
+    let (code, _, err) = cli(addr, &["cluster", "status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cluster id"), "{err}");
+    // The file's GC minimum age of 0: fresh tombstones are collectable.
+    assert_eq!(with_id(&["bucket", "create", "b"]).0, 0);
+    assert_eq!(with_id(&["put", "b", "k", "v"]).0, 0);
+    assert_eq!(with_id(&["del", "b", "k"]).0, 0);
+    let (code, out) = with_id(&["--json", "gc", "run", "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["agreed"],
+        1
+    );
+
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[gc]\nintervall = \"1h\"\n",
+    )
+    .unwrap();
+    let out = metakv()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("intervall") && err.contains("metakv.toml"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

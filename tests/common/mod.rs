@@ -150,22 +150,30 @@ impl Drop for Proc {
 
 /// Starts `metakv serve` and reads the address it listens on from its first line.
 pub fn serve(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Proc {
+    let data_dir = dir.join(format!("node{id}"));
+    let mut args = vec![
+        "--id".to_owned(),
+        id.to_string(),
+        "--listen".to_owned(),
+        listen.to_owned(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+    ];
+    if let Some(seed) = join {
+        args.extend(["--join".to_owned(), seed.to_owned()]);
+    }
+    serve_args(dir, id, &args)
+}
+
+/// Starts `metakv serve ARGS`, logging to `dir/node<id>.log`, and reads the address it
+/// listens on from its first line.
+pub fn serve_args(dir: &Path, id: u64, args: &[String]) -> Proc {
     let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_metakv"));
-    cmd.args([
-        "serve",
-        "--id",
-        &id.to_string(),
-        "--listen",
-        listen,
-        "--data-dir",
-    ])
-    .arg(dir.join(format!("node{id}")))
-    .stdout(Stdio::piped())
-    .stderr(log);
-    if let Some(seed) = join {
-        cmd.args(["--join", seed]);
-    }
+    cmd.arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(log);
     let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())

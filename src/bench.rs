@@ -62,10 +62,13 @@ pub fn run(
         }
         let value = vec![b'v'; args.value_bytes];
         let per_client = args.ops.div_ceil(args.clients);
+        let progress = std::sync::Arc::new(crate::progress::Progress::bar((per_client * args.clients) as u64, "writes"));
+        progress.note(format!("{} clients writing {} records of {} bytes", args.clients, per_client * args.clients, args.value_bytes));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..args.clients {
             let (addr, cluster_id, value, key_bytes) = (leader_addr.clone(), cluster_id.clone(), value.clone(), args.key_bytes);
+            let progress = std::sync::Arc::clone(&progress);
             tasks.push(tokio::spawn(async move {
                 let client = Client::new(vec![addr], &cluster_id);
                 let mut latencies = Vec::with_capacity(per_client);
@@ -75,6 +78,7 @@ pub fn run(
                     let t = Instant::now();
                     client.put("bench", &key, &value, Expect::Any).await?;
                     latencies.push(t.elapsed());
+                    progress.inc(1);
                 }
                 Ok::<_, metakv::Error>(latencies)
             }));
@@ -85,6 +89,7 @@ pub fn run(
             all.extend(t.await??);
         }
         let elapsed = started.elapsed();
+        progress.finish();
         let after = Client::new(vec![leader_addr.clone()], &cluster_id).status().await?;
         all.sort();
         let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;

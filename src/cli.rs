@@ -384,8 +384,8 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                 }
                 return Ok(());
             }
-            eprintln!("metakv: GC job {job} started");
-            let mut last = String::new();
+            let progress = crate::progress::Progress::spinner();
+            progress.note(format!("GC job {job} started"));
             let record = loop {
                 let status = client.gc_status(20).await?;
                 if let Some(r) = status
@@ -396,17 +396,14 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                     break r.clone();
                 }
                 if let Some(p) = status.running.filter(|p| p.job == job) {
-                    let line = format!(
-                        "{}: collected {:?}, agreed {}, purged {}, compacted nodes {:?}",
+                    progress.note(format!(
+                        "GC job {job} {}: collected {:?}, agreed {}, purged {}, compacted nodes {:?}",
                         p.phase, p.collected, p.agreed, p.purged, p.compacted
-                    );
-                    if line != last {
-                        eprintln!("metakv: {line}");
-                        last = line;
-                    }
+                    ));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             };
+            progress.finish();
             if json {
                 println!("{}", job_json(&record));
             } else {

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod demo;
 mod offline;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

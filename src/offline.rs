@@ -122,16 +122,16 @@ pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) ->
         return Err(Fail(1, format!("compact: node {id} is not a member")));
     }
     targets.sort();
+    let progress = crate::progress::Progress::bar(targets.len() as u64, "nodes");
     let mut nodes = Vec::new();
     for (_, id, addr) in targets {
-        if !json_out {
-            eprintln!("compacting node {id} ({addr})...");
-        }
+        progress.note(format!("compacting node {id} ({addr})"));
         let c = client
             .via(&addr)
             .compact_node()
             .await
             .map_err(|e| Fail(1, format!("compact: node {id} ({addr}): {e}")))?;
+        progress.inc(1);
         if !json_out {
             println!(
                 "node {}: {} KiB -> {} KiB",
@@ -144,6 +144,7 @@ pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) ->
             json!({"id": c.node, "bytes_before": c.bytes_before, "bytes_after": c.bytes_after}),
         );
     }
+    progress.finish();
     if json_out {
         println!("{}", json!({ "nodes": nodes }));
     }

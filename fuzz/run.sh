@@ -18,7 +18,7 @@ fi
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 cargo +nightly fuzz build -O
 
-# Targets that open stores make their files under TMPDIR: memory is much faster than the disk.
+# Targets that open stores make their files under TMPDIR; in memory they skip the disk's fsyncs.
 if [ -z "${TMPDIR:-}" ] && [ -w /dev/shm ]; then export TMPDIR=/dev/shm; fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT

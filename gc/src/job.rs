@@ -49,7 +49,7 @@ pub struct GcConfig {
     /// writers' latency close to normal while a job runs.
     pub purge_batch: u32,
     /// `Purge` entries proposed and not yet committed at any time: more than one keeps the
-    /// log busy while the last one is applied.
+    /// log busy while the last one is applied (a higher purge rate, slower client writes).
     pub purges_in_flight: u32,
     /// An agent call or a proposal that takes longer fails the job.
     pub call_timeout_ms: u64,
@@ -68,8 +68,8 @@ impl Default for GcConfig {
             min_age_ms: 600_000,
             lease_ms: 30_000,
             page_size: 2_000,
-            purge_batch: 100,
-            purges_in_flight: 2,
+            purge_batch: 32,
+            purges_in_flight: 1,
             call_timeout_ms: 20_000,
             compact_timeout_ms: 600_000,
             pin_grace_ms: 10_000,

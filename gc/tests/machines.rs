@@ -216,8 +216,15 @@ fn a_full_job_purges_the_exact_intersection_then_compacts_and_hands_off() {
 
 #[test]
 fn purges_go_in_bounded_batches_with_a_bounded_number_in_flight() {
-    // `config()`: batches of 2, and the default of 2 purges in flight.
-    let (mut m, job) = collecting(&[1, 2], false);
+    // Batches of 2 (`config()`), two of them in flight.
+    let (mut m, job) = collecting_with(
+        GcConfig {
+            purges_in_flight: 2,
+            ..config()
+        },
+        &[1, 2],
+        false,
+    );
     let items: Vec<_> = (0..7).map(|i| t("u", &format!("k{i}"), 10 + i)).collect();
     let purged = |n| Event::Purged {
         job,
@@ -274,15 +281,9 @@ fn purges_go_in_bounded_batches_with_a_bounded_number_in_flight() {
 }
 
 #[test]
-fn one_purge_in_flight_when_configured_so() {
-    let (mut m, job) = collecting_with(
-        GcConfig {
-            purges_in_flight: 1,
-            ..config()
-        },
-        &[1, 2],
-        false,
-    );
+fn one_purge_in_flight_by_default() {
+    assert_eq!(config().purges_in_flight, 1);
+    let (mut m, job) = collecting(&[1, 2], false);
     let items: Vec<_> = (0..4).map(|i| t("u", &format!("k{i}"), 10 + i)).collect();
     m.on(101, page(job, 1, items.clone(), false));
     let actions = m.on(102, page(job, 2, items.clone(), false));

@@ -1075,6 +1075,18 @@ fn compaction_shrinks_the_file_and_keeps_the_data() {
     assert!(t.store.check().unwrap().is_ok());
 }
 
+/// A store at `path` holding bucket `b`, created at revision 1.
+fn open_with_bucket(path: &std::path::Path) -> Store {
+    let store = Store::open(Config::new(path)).unwrap();
+    store
+        .apply(
+            &Op::CreateBucket { bucket: "b".into() },
+            Stamp { rev: 1, time_ms: 0 },
+        )
+        .unwrap();
+    store
+}
+
 /// Compaction rebuilds the file next to the store and renames it over: the store keeps going
 /// in the new file, and what it writes afterwards is there after a reopen.
 #[test]
@@ -1128,13 +1140,7 @@ fn a_partial_compaction_copy_is_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
     let copy = dir.path().join("state.redb.compacting");
-    let store = Store::open(Config::new(&path)).unwrap();
-    store
-        .apply(
-            &Op::CreateBucket { bucket: "b".into() },
-            Stamp { rev: 1, time_ms: 0 },
-        )
-        .unwrap();
+    let store = open_with_bucket(&path);
     store
         .apply(
             &put("b", "k", "v", Expect::Any),
@@ -1155,13 +1161,7 @@ fn a_partial_compaction_copy_is_removed_on_open() {
 fn compaction_refuses_a_file_with_an_unknown_table() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let store = Store::open(Config::new(&path)).unwrap();
-    store
-        .apply(
-            &Op::CreateBucket { bucket: "b".into() },
-            Stamp { rev: 1, time_ms: 0 },
-        )
-        .unwrap();
+    let store = open_with_bucket(&path);
     drop(store);
     {
         let db = redb::Database::create(&path).unwrap();

@@ -103,6 +103,8 @@ pub struct NodeCompacted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeCheck {
     pub node: u64,
+    /// No problem found, and redb's verdict is not `failed`.
+    pub ok: bool,
     /// redb's verdict on the file: `clean`, `repaired`, or `failed: <why>`.
     pub file: String,
     pub records: u64,
@@ -114,6 +116,7 @@ impl NodeCheck {
     pub fn from_report(node: u64, report: &metakv_store::CheckReport) -> NodeCheck {
         NodeCheck {
             node,
+            ok: report.is_ok(),
             file: match &report.file {
                 metakv_store::FileCheck::Clean => "clean".to_owned(),
                 metakv_store::FileCheck::Repaired => "repaired".to_owned(),
@@ -122,10 +125,6 @@ impl NodeCheck {
             records: report.records_checked,
             problems: report.problems.iter().map(|p| p.to_string()).collect(),
         }
-    }
-
-    pub fn is_ok(&self) -> bool {
-        !self.file.starts_with("failed") && self.problems.is_empty()
     }
 }
 

@@ -14,7 +14,7 @@ use metakv::{
 };
 use serde_json::{Value, json};
 
-use crate::offline;
+use crate::maintenance;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
@@ -363,13 +363,13 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
     match cmd {
         ClientCmd::Check {
             data_dir: Some(dir),
-        } => offline::check_offline(&dir, json)?,
-        ClientCmd::Check { data_dir: None } => offline::check_live(client, json).await?,
+        } => maintenance::check_offline(&dir, json)?,
+        ClientCmd::Check { data_dir: None } => maintenance::check_live(client, json).await?,
         ClientCmd::Compact {
             data_dir: Some(dir),
             ..
-        } => offline::compact_offline(&dir, json)?,
-        ClientCmd::Compact { node, .. } => offline::compact_live(client, node, json).await?,
+        } => maintenance::compact_offline(&dir, json)?,
+        ClientCmd::Compact { node, .. } => maintenance::compact_live(client, node, json).await?,
         ClientCmd::Gc(GcCmd::Run {
             dry_run,
             min_age,

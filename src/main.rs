@@ -6,7 +6,7 @@ mod bench;
 mod cli;
 mod config;
 mod demo;
-mod offline;
+mod maintenance;
 mod progress;
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `check` and `compact`, on a live node through the client API or on a stopped node's files.
+//! `check` and `compact`: on live nodes through the client API, or on a stopped node's files.
 
 use std::path::Path;
 
@@ -19,14 +19,16 @@ fn open(dir: &Path) -> Result<Store, Fail> {
     Store::open(Config::new(&path)).map_err(|e| Fail(1, format!("opening {}: {e}", path.display())))
 }
 
-/// Prints a check's findings; a failure (exit 1) when anything is wrong.
-fn report_check(what: &str, check: &NodeCheck, json_out: bool) -> Result<(), Fail> {
+/// Prints a check's findings (with the node's id when it was a live node); a failure (exit 1)
+/// when anything is wrong.
+fn report_check(what: &str, check: &NodeCheck, live: bool, json_out: bool) -> Result<(), Fail> {
     if json_out {
-        println!(
-            "{}",
-            json!({"node": check.node, "ok": check.is_ok(), "file": check.file,
-                   "records": check.records, "problems": check.problems})
-        );
+        let mut out = json!({"ok": check.ok, "file": check.file, "records": check.records,
+                             "problems": check.problems});
+        if live {
+            out["node"] = json!(check.node);
+        }
+        println!("{out}");
     } else {
         println!(
             "{what}: {} records checked, file {}, {} problems",
@@ -38,7 +40,7 @@ fn report_check(what: &str, check: &NodeCheck, json_out: bool) -> Result<(), Fai
             println!("  {p}");
         }
     }
-    if check.is_ok() {
+    if check.ok {
         Ok(())
     } else {
         Err(Fail(
@@ -56,6 +58,7 @@ pub fn check_offline(dir: &Path, json_out: bool) -> Result<(), Fail> {
     report_check(
         &dir.display().to_string(),
         &NodeCheck::from_report(0, &report),
+        false,
         json_out,
     )
 }
@@ -63,7 +66,7 @@ pub fn check_offline(dir: &Path, json_out: bool) -> Result<(), Fail> {
 /// The same check on the node the client reaches, while it runs: its requests wait meanwhile.
 pub async fn check_live(client: &Client, json_out: bool) -> Result<(), Fail> {
     let check = client.check_node().await?;
-    report_check(&format!("node {}", check.node), &check, json_out)
+    report_check(&format!("node {}", check.node), &check, true, json_out)
 }
 
 /// Compacts a stopped node's store and log files; reports bytes before and after each.

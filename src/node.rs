@@ -279,6 +279,12 @@ impl Node {
                 raft.initialize(members)
                     .await
                     .map_err(|e| Error::Unavailable(format!("initializing: {e}")))?;
+                // A new single-node cluster is ready when it leads: until then its membership
+                // and leader are not yet visible, and a first `cluster status` would show none.
+                raft.wait(Some(config.request_timeout))
+                    .current_leader(config.id, "the new cluster's first election")
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("initializing: {e}")))?;
                 tracing::info!(id = config.id, %addr, "initialized a single-node cluster");
             }
             (Some(seed), false) => {

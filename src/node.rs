@@ -411,10 +411,12 @@ impl Node {
         request: ClientRequest,
         from: Option<u64>,
     ) -> Result<ClientReply> {
-        if from.is_none() && touches_sys(&request) {
+        if from.is_none()
+            && let Some(message) = internal_only(&request)
+        {
             return Err(Error::Rejected(metakv_raft::Rejection {
                 kind: metakv_raft::RejectionKind::Invalid,
-                message: format!("bucket {SYS_BUCKET:?} is reserved for metakv's own records"),
+                message,
             }));
         }
         self.route(request, from).await
@@ -805,19 +807,27 @@ fn redirect(id: Option<u64>, node: Option<NodeAddr>) -> Redirect {
     Redirect(id.zip(node.map(|n| n.addr)))
 }
 
-fn touches_sys(request: &ClientRequest) -> bool {
-    match request {
-        ClientRequest::Write(op) => match op {
-            Op::CreateBucket { bucket }
-            | Op::DropBucket { bucket }
-            | Op::SetBucketState { bucket, .. }
-            | Op::DropBucketData { bucket }
-            | Op::Restore { bucket, .. } => bucket == SYS_BUCKET,
-            Op::Put { bucket, .. } | Op::Delete { bucket, .. } => bucket == SYS_BUCKET,
-            Op::Purge { items } => items.iter().any(|i| i.bucket == SYS_BUCKET),
-        },
-        _ => false,
-    }
+/// Why a caller may not send `request` itself, if it may not: writes to `_sys`, and the
+/// hibernation steps, which only the node's own pause and resume propose (in order, with
+/// their records).
+fn internal_only(request: &ClientRequest) -> Option<String> {
+    let ClientRequest::Write(op) = request else {
+        return None;
+    };
+    let sys = match op {
+        Op::SetBucketState { .. }
+        | Op::DropBucketData { .. }
+        | Op::Restore { .. }
+        | Op::Hibernate { .. } => {
+            return Some(
+                "bucket states change only through pause_bucket and resume_bucket".to_owned(),
+            );
+        }
+        Op::CreateBucket { bucket } | Op::DropBucket { bucket } => bucket == SYS_BUCKET,
+        Op::Put { bucket, .. } | Op::Delete { bucket, .. } => bucket == SYS_BUCKET,
+        Op::Purge { items } => items.iter().any(|i| i.bucket == SYS_BUCKET),
+    };
+    sys.then(|| format!("bucket {SYS_BUCKET:?} is reserved for metakv's own records"))
 }
 
 impl Kv for Node {

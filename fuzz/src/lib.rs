@@ -40,7 +40,7 @@ pub fn state(u: &mut Unstructured) -> Result<BucketState> {
 
 /// Any op, with revisions guessed below `rev_max` (the ops applied so far).
 pub fn op(u: &mut Unstructured, rev_max: u64) -> Result<Op> {
-    Ok(match u.int_in_range(0..=9)? {
+    Ok(match u.int_in_range(0..=10)? {
         0 => Op::CreateBucket { bucket: bucket(u)? },
         1 => Op::DropBucket { bucket: bucket(u)? },
         2 => Op::SetBucketState {
@@ -71,6 +71,13 @@ pub fn op(u: &mut Unstructured, rev_max: u64) -> Result<Op> {
             Op::Purge { items }
         }
         8 => Op::DropBucketData { bucket: bucket(u)? },
+        9 => Op::Hibernate {
+            bucket: bucket(u)?,
+            state: state(u)?,
+            drop_data: u.arbitrary()?,
+            record: vec![u.arbitrary::<u8>()?; u.int_in_range(0..=16)?],
+            expect: expect(u, rev_max)?,
+        },
         _ => {
             let n = u.int_in_range(0..=3)?;
             let mut records = Vec::with_capacity(n);

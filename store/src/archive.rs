@@ -196,6 +196,8 @@ pub struct ArchiveReader<R: Read> {
     buckets: u64,
     records: u64,
     chunks: u64,
+    /// crc32 and bytes (header included) of the frame read last.
+    last_frame: (u32, u64),
     done: bool,
 }
 
@@ -213,7 +215,7 @@ impl<R: Read> ArchiveReader<R> {
                 supported: ARCHIVE_FORMAT,
             });
         }
-        let Some(Frame::Header { scope, rev, meta }) = read_frame(&mut input)? else {
+        let Some((Frame::Header { scope, rev, meta }, ..)) = read_frame(&mut input)? else {
             return Err(Error::archive("the first frame is not a header"));
         };
         Ok(ArchiveReader {
@@ -225,6 +227,7 @@ impl<R: Read> ArchiveReader<R> {
             buckets: 0,
             records: 0,
             chunks: 0,
+            last_frame: (0, 0),
             done: false,
         })
     }
@@ -239,14 +242,21 @@ impl<R: Read> ArchiveReader<R> {
         &self.meta
     }
 
+    /// The crc32 and size in bytes (frame header included) of the frame [`Self::next`]
+    /// returned last: what a [`ChunkSummary`] recorded when it was written.
+    pub fn last_frame(&self) -> (u32, u64) {
+        self.last_frame
+    }
+
     /// The next `Bucket` or `Records` frame, or `None` after a valid end.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Frame>> {
         if self.done {
             return Ok(None);
         }
-        let frame = read_frame(&mut self.input)?
+        let (frame, crc32, bytes) = read_frame(&mut self.input)?
             .ok_or_else(|| Error::archive("truncated: the stream ends before its End frame"))?;
+        self.last_frame = (crc32, bytes);
         match &frame {
             Frame::Header { .. } => return Err(Error::archive("a second header")),
             Frame::Bucket { name, .. } => {
@@ -309,8 +319,9 @@ fn read_exact(input: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {
     })
 }
 
-/// Reads one frame; `None` on a clean end of stream before its first byte.
-fn read_frame(input: &mut impl Read) -> Result<Option<Frame>> {
+/// Reads one frame, with its crc and size; `None` on a clean end of stream before its first
+/// byte.
+fn read_frame(input: &mut impl Read) -> Result<Option<(Frame, u32, u64)>> {
     let mut head = [0u8; 8];
     let mut got = 0;
     while got < head.len() {
@@ -341,7 +352,7 @@ fn read_frame(input: &mut impl Read) -> Result<Option<Frame>> {
     }
     let frame = postcard::from_bytes(&payload)
         .map_err(|e| Error::archive(format!("undecodable frame: {e}")))?;
-    Ok(Some(frame))
+    Ok(Some((frame, crc, 8 + len as u64)))
 }
 
 impl ReadView {

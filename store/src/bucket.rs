@@ -47,6 +47,16 @@ pub fn validate_bucket_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Prefix of the hibernation records in the `_sys` bucket, one per bucket that was ever paused.
+pub const HIBERNATION_KEY_PREFIX: &[u8] = b"hibernation/";
+
+/// The key of `bucket`'s hibernation record in `_sys`.
+pub fn hibernation_key(bucket: &str) -> Vec<u8> {
+    let mut key = HIBERNATION_KEY_PREFIX.to_vec();
+    key.extend_from_slice(bucket.as_bytes());
+    key
+}
+
 /// Where a bucket is in its hibernation life cycle.
 ///
 /// ```text

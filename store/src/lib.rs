@@ -42,7 +42,10 @@ mod write;
 pub use archive::{
     ArchiveReader, ArchiveSummary, ArchiveWriter, ChunkSummary, Frame, ImportSummary, Scope,
 };
-pub use bucket::{BucketInfo, BucketState, SYS_BUCKET, validate_bucket_name};
+pub use bucket::{
+    BucketInfo, BucketState, HIBERNATION_KEY_PREFIX, SYS_BUCKET, hibernation_key,
+    validate_bucket_name,
+};
 pub use error::{Error, KeyDisplay, Result};
 pub use maintenance::{CheckReport, CompactReport, FileCheck, Problem, Sizes};
 pub use op::{Applied, Expect, Op, Stamp, TombstoneRef};

@@ -85,6 +85,20 @@ pub enum Op {
         bucket: String,
         records: Vec<(Vec<u8>, Record)>,
     },
+    /// One step of a bucket's hibernation, in one entry: the bucket moves to `state` (a move
+    /// [`Op::SetBucketState`] allows, or no move at all), its data goes first when `drop_data`
+    /// (from `Pausing` or `Resuming` to `Paused`), and `record` becomes the bucket's
+    /// hibernation record in `_sys` (key [`crate::hibernation_key`]). All of it only if that
+    /// record is still at `expect`: otherwise nothing changes and the answer is a `Conflict`,
+    /// so a step of an operation that has been rolled back or replaced cannot land.
+    Hibernate {
+        bucket: String,
+        state: BucketState,
+        drop_data: bool,
+        #[serde(with = "crate::codec::bytes")]
+        record: Vec<u8>,
+        expect: Expect,
+    },
 }
 
 /// What applying an op did. Failed expectations are answers, not errors.

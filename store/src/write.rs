@@ -127,6 +127,13 @@ impl<'t> Writer<'t> {
             Op::Purge { items } => self.purge(items)?,
             Op::DropBucketData { bucket } => self.drop_data(bucket)?,
             Op::Restore { bucket, records } => self.restore(bucket, records, stamp)?,
+            Op::Hibernate {
+                bucket,
+                state,
+                drop_data,
+                record,
+                expect,
+            } => self.hibernate(bucket, *state, *drop_data, record, *expect, stamp)?,
         };
         self.last_rev = stamp.rev;
         self.dirty = true;
@@ -242,26 +249,63 @@ impl<'t> Writer<'t> {
 
     fn set_state(&mut self, bucket: &str, to: BucketState) -> Result<Applied> {
         let mut info = self.user_bucket(bucket)?;
-        use BucketState::*;
-        let allowed = matches!(
-            (info.state, to),
-            (Active, Pausing)
-                | (Pausing, Paused)
-                | (Pausing, Active)
-                | (Paused, Resuming)
-                | (Resuming, Active)
-                | (Resuming, Paused)
-        );
-        if !allowed {
-            return Err(Error::InvalidTransition {
-                bucket: bucket.to_owned(),
-                from: info.state,
-                to,
-            });
-        }
+        check_transition(bucket, info.state, to)?;
         info.state = to;
         self.store_state(bucket, Some(info));
         Ok(Applied::Done)
+    }
+
+    fn hibernate(
+        &mut self,
+        bucket: &str,
+        to: BucketState,
+        drop_data: bool,
+        record: &[u8],
+        expect: Expect,
+        stamp: Stamp,
+    ) -> Result<Applied> {
+        let mut info = self.user_bucket(bucket)?;
+        if drop_data {
+            if !matches!(info.state, BucketState::Pausing | BucketState::Resuming) {
+                return Err(Error::BucketState {
+                    bucket: bucket.to_owned(),
+                    state: info.state,
+                    needed: "pausing or resuming",
+                });
+            }
+            if to != BucketState::Paused {
+                return Err(Error::InvalidTransition {
+                    bucket: bucket.to_owned(),
+                    from: info.state,
+                    to,
+                });
+            }
+        } else if to != info.state {
+            check_transition(bucket, info.state, to)?;
+        }
+        if record.len() > self.limits.value_bytes_max {
+            return Err(Error::ValueTooLarge {
+                bucket: SYS_BUCKET.to_owned(),
+                len: record.len(),
+                max: self.limits.value_bytes_max,
+            });
+        }
+        let key = crate::bucket::hibernation_key(bucket);
+        check_key(SYS_BUCKET, &key)?;
+        let current = self.current(SYS_BUCKET, &key, &keys::row(SYS_BUCKET, &key))?;
+        if !expectation_holds(expect, current.as_ref()) {
+            return Ok(Applied::Conflict {
+                current: current.map(|r| r.rev),
+            });
+        }
+        // Everything that could refuse the op has been checked; from here it only writes.
+        if drop_data {
+            self.drop_data(bucket)?;
+        } else if to != info.state {
+            info.state = to;
+            self.store_state(bucket, Some(info));
+        }
+        self.put(SYS_BUCKET, &key, record, Expect::Any, stamp)
     }
 
     fn put(
@@ -565,6 +609,29 @@ impl<'t> Writer<'t> {
         self.store_bucket(bucket, info);
         Ok(Applied::Restored {
             records: records.len() as u64,
+        })
+    }
+}
+
+/// Refuses a move along the hibernation life cycle that [`BucketState`] does not draw.
+fn check_transition(bucket: &str, from: BucketState, to: BucketState) -> Result<()> {
+    use BucketState::*;
+    let allowed = matches!(
+        (from, to),
+        (Active, Pausing)
+            | (Pausing, Paused)
+            | (Pausing, Active)
+            | (Paused, Resuming)
+            | (Resuming, Active)
+            | (Resuming, Paused)
+    );
+    if allowed {
+        Ok(())
+    } else {
+        Err(Error::InvalidTransition {
+            bucket: bucket.to_owned(),
+            from,
+            to,
         })
     }
 }

@@ -931,6 +931,115 @@ fn hibernation_states_gate_reads_writes_and_data_ops() {
     assert!(t.store.check().unwrap().is_ok());
 }
 
+/// `Op::Hibernate`: a state move, an optional drop and the `_sys` record in one entry, all
+/// guarded by the record's revision.
+#[test]
+fn hibernate_steps_move_state_and_record_together_under_a_guard() {
+    let mut t = T::new();
+    t.bucket("b");
+    t.put("b", "k", "v");
+    let step = |state, drop_data, record: &str, expect| Op::Hibernate {
+        bucket: "b".into(),
+        state,
+        drop_data,
+        record: record.as_bytes().to_vec(),
+        expect,
+    };
+    let record = |t: &T| {
+        t.get(
+            SYS_BUCKET,
+            std::str::from_utf8(&hibernation_key("b")).unwrap(),
+        )
+    };
+    let Applied::Written { rev: begun } = t.ok(step(
+        BucketState::Pausing,
+        false,
+        "op1 pausing",
+        Expect::Absent,
+    )) else {
+        panic!("the first step writes the record")
+    };
+    assert_eq!(
+        t.store.read().unwrap().bucket_state("b").unwrap(),
+        BucketState::Pausing
+    );
+    assert_eq!(record(&t).unwrap().value, b"op1 pausing");
+    // A second pause that expects no record, or an older one, changes nothing.
+    let before = dump(&t.store);
+    assert_eq!(
+        t.ok(step(BucketState::Pausing, false, "op2", Expect::Absent)),
+        Applied::Conflict {
+            current: Some(begun)
+        }
+    );
+    assert_eq!(
+        t.ok(step(
+            BucketState::Paused,
+            true,
+            "op1 stale",
+            Expect::Rev(begun - 1)
+        )),
+        Applied::Conflict {
+            current: Some(begun)
+        }
+    );
+    // Refusals: a move the life cycle does not draw, a drop that does not end in Paused.
+    assert!(matches!(
+        t.apply(step(BucketState::Resuming, false, "x", Expect::Rev(begun))),
+        Err(Error::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        t.apply(step(BucketState::Active, true, "x", Expect::Rev(begun))),
+        Err(Error::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        t.apply(Op::Hibernate {
+            bucket: SYS_BUCKET.into(),
+            state: BucketState::Pausing,
+            drop_data: false,
+            record: vec![],
+            expect: Expect::Any
+        }),
+        Err(Error::ReservedBucket { .. })
+    ));
+    let after = dump(&t.store);
+    assert_eq!(
+        (after.buckets, after.records),
+        (before.buckets, before.records),
+        "refused and stale steps change nothing (a conflict answer uses its revision)"
+    );
+    // The drop: data gone, bucket Paused, record updated, in one entry.
+    let Applied::Written { rev: paused } = t.ok(step(
+        BucketState::Paused,
+        true,
+        "op1 paused",
+        Expect::Rev(begun),
+    )) else {
+        panic!("the drop writes the record")
+    };
+    assert_eq!(
+        t.store.read().unwrap().bucket_state("b").unwrap(),
+        BucketState::Paused
+    );
+    assert_eq!(t.store.bucket("b").unwrap().records, 0);
+    assert_eq!(record(&t).unwrap().value, b"op1 paused");
+    // A record-only step (no move) is allowed: a note on a paused bucket.
+    assert!(matches!(
+        t.ok(step(
+            BucketState::Paused,
+            false,
+            "op1 paused, archive missing",
+            Expect::Rev(paused)
+        )),
+        Applied::Written { .. }
+    ));
+    assert!(matches!(
+        t.apply(step(BucketState::Paused, true, "x", Expect::Any)),
+        Err(Error::BucketState { .. })
+    ));
+    assert!(t.store.check().unwrap().is_ok());
+}
+
 #[test]
 fn meta_is_kept_and_the_store_namespace_refused() {
     let t = T::new();

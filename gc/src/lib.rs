@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod hibernate;
 mod job;
 mod manager;
 mod msg;

@@ -1,0 +1,517 @@
+//! Hibernation: what a paused bucket's archive promises (its [`Manifest`]), the record each
+//! pause or resume leaves in `_sys` ([`HibernationRecord`]), and the janitor's decisions.
+//!
+//! A pause or a resume is a straight line of steps run by one task on the leader; what must be
+//! right whatever crashes where is decided here, without I/O:
+//!
+//! - every step is one `Op::Hibernate` entry that carries the next record and expects the
+//!   revision of the one before, so a step of an operation that was rolled back cannot land;
+//! - [`Manifest::check_chunk`] and [`Manifest::check_end`] decide whether an archive read back
+//!   is the archive that was written;
+//! - [`janitor`] decides what to do with a bucket whose operation no longer runs.
+//!
+//! ```text
+//!  pause:  Active ──Pausing(op)──> export ──> manifest ──> read back, verify ──> drop data ──> Paused
+//!            ^                        any failure, or the leader gone: objects deleted ─┘
+//!            └──────────────────────────────────── rolled back ──────────────────────┘
+//!  resume: Paused ──Resuming(op)──> check manifest ──> restore chunks (each crc checked) ──> Active
+//!            ^                        any failure, or the leader gone: partial restore dropped
+//!            └──────────────────────────────────── rolled back ──────────────────────┘
+//! ```
+
+use std::fmt;
+
+use metakv_store::BucketState;
+use serde::{Deserialize, Serialize};
+
+/// The manifest format this build writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Name of the archive object under an operation's prefix.
+pub const ARCHIVE_OBJECT: &str = "archive.mkva";
+/// Name of the manifest object under an operation's prefix.
+pub const MANIFEST_OBJECT: &str = "manifest.json";
+
+/// An operation's id: the leader's term and a sequence within it, unique across leaders.
+/// Object names carry it, so two attempts never mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpId {
+    pub term: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.term, self.seq)
+    }
+}
+
+impl OpId {
+    /// Where an operation's objects live inside its archive location: `<bucket>/<op>`.
+    pub fn prefix(self, bucket: &str) -> String {
+        format!("{bucket}/{}-{}", self.term, self.seq)
+    }
+}
+
+/// One chunk of records as written: checked again when read back and when restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    pub records: u64,
+    /// Frame bytes, header included.
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// What an archive holds, written next to it and kept in the bucket's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// The store's archive format the archive object is in.
+    pub archive_format: u32,
+    pub bucket: String,
+    pub op: OpId,
+    /// The store's revision the archive was taken at.
+    pub rev: u64,
+    /// Records and tombstones.
+    pub records: u64,
+    /// Bytes of the archive object.
+    pub bytes: u64,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("manifests encode")
+    }
+
+    /// Parses a manifest object and checks that this build can read it and that it is the
+    /// manifest of `bucket`.
+    pub fn from_json(bytes: &[u8], bucket: &str, archive_format: u32) -> Result<Manifest, String> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("unreadable manifest: {e}"))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "manifest format {} (this build reads {MANIFEST_FORMAT})",
+                m.format
+            ));
+        }
+        if m.archive_format != archive_format {
+            return Err(format!(
+                "archive format {} (this build reads {archive_format})",
+                m.archive_format
+            ));
+        }
+        if m.bucket != bucket {
+            return Err(format!(
+                "the manifest is of bucket {:?}, not {bucket:?}",
+                m.bucket
+            ));
+        }
+        let records: u64 = m.chunks.iter().map(|c| c.records).sum();
+        if records != m.records {
+            return Err(format!(
+                "the manifest's chunks hold {records} records, its total says {}",
+                m.records
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Checks chunk `index` as read back: its record count, size and crc.
+    pub fn check_chunk(&self, index: usize, chunk: ChunkEntry) -> Result<(), String> {
+        match self.chunks.get(index) {
+            None => Err(format!(
+                "chunk {index} is not in the manifest (it lists {})",
+                self.chunks.len()
+            )),
+            Some(want) if *want != chunk => Err(format!(
+                "chunk {index} differs from the manifest: read {} records, {} bytes, crc {:08x}; \
+                 the manifest says {} records, {} bytes, crc {:08x}",
+                chunk.records, chunk.bytes, chunk.crc32, want.records, want.bytes, want.crc32
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Checks an archive read to its end: the header's revision, and that every chunk of the
+    /// manifest was there.
+    pub fn check_end(&self, rev: u64, chunks: usize, records: u64) -> Result<(), String> {
+        if rev != self.rev {
+            return Err(format!(
+                "the archive was taken at revision {rev}; the manifest says {}",
+                self.rev
+            ));
+        }
+        if chunks != self.chunks.len() || records != self.records {
+            return Err(format!(
+                "read {chunks} chunks and {records} records; the manifest lists {} and {}",
+                self.chunks.len(),
+                self.records
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Pause or resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpKind {
+    Pause,
+    Resume,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Pause => "pause",
+            OpKind::Resume => "resume",
+        }
+    }
+}
+
+/// Where an operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Running,
+    Done,
+    /// It failed or was interrupted and was undone; the record's `error` says why.
+    RolledBack,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Done => "done",
+            Phase::RolledBack => "rolled back",
+        }
+    }
+}
+
+/// A bucket's record in `_sys` (key `metakv_store::hibernation_key`): its last pause or
+/// resume, and where its data is while it is paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HibernationRecord {
+    pub op: OpId,
+    pub kind: OpKind,
+    pub phase: Phase,
+    /// The archive location as given (`file:///dir`, a plain path, or `s3://bucket/prefix`).
+    pub archive: String,
+    /// The objects of the archive holding the bucket's data, under `archive`: the pause's
+    /// [`OpId::prefix`].
+    pub objects: String,
+    /// The manifest of that archive, once a pause has verified it.
+    pub manifest: Option<Manifest>,
+    /// Leader's clock, ms since the epoch.
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl HibernationRecord {
+    /// The record a pause starts with.
+    pub fn pause(op: OpId, bucket: &str, archive: &str, now_ms: u64) -> HibernationRecord {
+        HibernationRecord {
+            op,
+            kind: OpKind::Pause,
+            phase: Phase::Running,
+            archive: archive.to_owned(),
+            objects: op.prefix(bucket),
+            manifest: None,
+            started_ms: now_ms,
+            finished_ms: None,
+            error: None,
+        }
+    }
+
+    /// The record a resume of a paused bucket starts with: the paused data's location and
+    /// manifest carry over, so a rolled-back resume can be tried again. `archive` moves the
+    /// location (the same objects, somewhere else).
+    pub fn resume(&self, op: OpId, archive: Option<&str>, now_ms: u64) -> HibernationRecord {
+        HibernationRecord {
+            op,
+            kind: OpKind::Resume,
+            phase: Phase::Running,
+            archive: archive.map_or_else(|| self.archive.clone(), str::to_owned),
+            objects: self.objects.clone(),
+            manifest: self.manifest.clone(),
+            started_ms: now_ms,
+            finished_ms: None,
+            error: None,
+        }
+    }
+
+    pub fn done(&self, manifest: Option<Manifest>, now_ms: u64) -> HibernationRecord {
+        HibernationRecord {
+            phase: Phase::Done,
+            manifest: manifest.or_else(|| self.manifest.clone()),
+            finished_ms: Some(now_ms),
+            error: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn rolled_back(&self, error: &str, now_ms: u64) -> HibernationRecord {
+        HibernationRecord {
+            phase: Phase::RolledBack,
+            finished_ms: Some(now_ms),
+            error: Some(error.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The bucket state each end of this operation leaves.
+    pub fn end_state(&self) -> BucketState {
+        match (self.kind, self.phase) {
+            (OpKind::Pause, Phase::Done) | (OpKind::Resume, Phase::RolledBack) => {
+                BucketState::Paused
+            }
+            (OpKind::Pause, Phase::RolledBack) | (OpKind::Resume, Phase::Done) => {
+                BucketState::Active
+            }
+            (OpKind::Pause, Phase::Running) => BucketState::Pausing,
+            (OpKind::Resume, Phase::Running) => BucketState::Resuming,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("hibernation records encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<HibernationRecord, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("undecodable hibernation record: {e}"))
+    }
+}
+
+/// A bucket as the janitor sees it: its state, its record (with the record's revision) and
+/// whether this leader runs an operation on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub bucket: String,
+    pub state: BucketState,
+    pub record: Option<(HibernationRecord, u64)>,
+    pub running: bool,
+}
+
+/// What the janitor does about one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// An interrupted pause: delete the objects under `objects`, then write `record` (rolled
+    /// back) with the bucket back to `Active`, expecting the record at `expect`.
+    RollBackPause {
+        bucket: String,
+        archive: String,
+        objects: String,
+        record: HibernationRecord,
+        expect: u64,
+    },
+    /// An interrupted resume: drop the partial restore and write `record` (rolled back) with
+    /// the bucket back to `Paused`.
+    RollBackResume {
+        bucket: String,
+        record: HibernationRecord,
+        expect: u64,
+    },
+    /// A paused bucket: check that its archive is still there (never drop anything further).
+    CheckArchive {
+        bucket: String,
+        record: HibernationRecord,
+        expect: u64,
+    },
+    /// A bucket in a hibernation state with no usable record: nothing can be done safely,
+    /// say so loudly.
+    Report { bucket: String, problem: String },
+}
+
+/// Why the janitor rolled an operation back.
+pub const INTERRUPTED: &str =
+    "interrupted: the operation stopped running (leader change or crash) and was rolled back";
+
+/// The janitor's decisions for the buckets it sees, in bucket order.
+pub fn janitor(seen: &[Seen], now_ms: u64) -> Vec<Repair> {
+    let mut out = Vec::new();
+    for s in seen {
+        if s.running {
+            continue;
+        }
+        let bucket = s.bucket.clone();
+        match (s.state, &s.record) {
+            (BucketState::Active, _) => {}
+            (BucketState::Pausing, Some((r, rev))) => out.push(Repair::RollBackPause {
+                bucket,
+                archive: r.archive.clone(),
+                objects: r.objects.clone(),
+                record: r.rolled_back(INTERRUPTED, now_ms),
+                expect: *rev,
+            }),
+            (BucketState::Resuming, Some((r, rev))) => out.push(Repair::RollBackResume {
+                bucket,
+                record: r.rolled_back(INTERRUPTED, now_ms),
+                expect: *rev,
+            }),
+            (BucketState::Paused, Some((r, rev))) if r.manifest.is_some() => {
+                out.push(Repair::CheckArchive {
+                    bucket,
+                    record: r.clone(),
+                    expect: *rev,
+                })
+            }
+            (state, record) => out.push(Repair::Report {
+                bucket,
+                problem: match record {
+                    None => format!("bucket is {state} and has no hibernation record"),
+                    Some(_) => format!("bucket is {state} and its record names no archive"),
+                },
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            archive_format: 1,
+            bucket: "b".into(),
+            op: OpId { term: 2, seq: 1 },
+            rev: 40,
+            records: 5,
+            bytes: 300,
+            chunks: vec![
+                ChunkEntry {
+                    records: 3,
+                    bytes: 200,
+                    crc32: 7,
+                },
+                ChunkEntry {
+                    records: 2,
+                    bytes: 80,
+                    crc32: 9,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip_and_refuse_what_they_do_not_describe() {
+        let m = manifest();
+        assert_eq!(Manifest::from_json(&m.to_json(), "b", 1).unwrap(), m);
+        assert!(
+            Manifest::from_json(&m.to_json(), "c", 1)
+                .unwrap_err()
+                .contains("bucket")
+        );
+        assert!(
+            Manifest::from_json(&m.to_json(), "b", 2)
+                .unwrap_err()
+                .contains("archive format 1")
+        );
+        let newer = Manifest {
+            format: MANIFEST_FORMAT + 1,
+            ..m.clone()
+        };
+        assert!(
+            Manifest::from_json(&newer.to_json(), "b", 1)
+                .unwrap_err()
+                .contains("manifest format")
+        );
+        let short = Manifest {
+            records: 6,
+            ..m.clone()
+        };
+        assert!(Manifest::from_json(&short.to_json(), "b", 1).is_err());
+        assert!(Manifest::from_json(b"{not json", "b", 1).is_err());
+
+        m.check_chunk(0, m.chunks[0]).unwrap();
+        let flipped = ChunkEntry {
+            crc32: 8,
+            ..m.chunks[1]
+        };
+        assert!(m.check_chunk(1, flipped).unwrap_err().contains("crc"));
+        assert!(m.check_chunk(2, m.chunks[0]).is_err());
+        m.check_end(40, 2, 5).unwrap();
+        assert!(m.check_end(41, 2, 5).is_err());
+        assert!(m.check_end(40, 1, 3).is_err());
+    }
+
+    #[test]
+    fn records_carry_the_paused_data_through_resumes() {
+        let op = OpId { term: 3, seq: 1 };
+        let p = HibernationRecord::pause(op, "users", "file:///a", 10);
+        assert_eq!(p.objects, "users/3-1");
+        assert_eq!(p.end_state(), BucketState::Pausing);
+        let paused = p.done(Some(manifest()), 20);
+        assert_eq!(paused.end_state(), BucketState::Paused);
+        let r = paused.resume(OpId { term: 4, seq: 1 }, Some("file:///moved"), 30);
+        assert_eq!(
+            (r.objects.as_str(), r.archive.as_str(), r.manifest.is_some()),
+            ("users/3-1", "file:///moved", true)
+        );
+        assert_eq!(r.end_state(), BucketState::Resuming);
+        let back = r.rolled_back("crc", 40);
+        assert_eq!(back.end_state(), BucketState::Paused);
+        assert_eq!(
+            back.manifest, paused.manifest,
+            "a failed resume keeps the way back"
+        );
+        assert_eq!(r.done(None, 50).end_state(), BucketState::Active);
+        assert_eq!(p.rolled_back("x", 11).end_state(), BucketState::Active);
+        assert_eq!(HibernationRecord::decode(&back.encode()).unwrap(), back);
+        assert!(HibernationRecord::decode(&[0xff; 3]).is_err());
+    }
+
+    #[test]
+    fn the_janitor_rolls_back_what_no_longer_runs_and_never_drops_a_paused_bucket() {
+        let op = OpId { term: 1, seq: 1 };
+        let pausing = HibernationRecord::pause(op, "a", "file:///x", 1);
+        let paused = pausing.done(Some(manifest()), 2);
+        let resuming = paused.resume(OpId { term: 1, seq: 2 }, None, 3);
+        let seen = |bucket: &str, state, record: Option<&HibernationRecord>, running| Seen {
+            bucket: bucket.into(),
+            state,
+            record: record.map(|r| (r.clone(), 9)),
+            running,
+        };
+        let plan = janitor(
+            &[
+                seen("a", BucketState::Pausing, Some(&pausing), false),
+                seen("b", BucketState::Pausing, Some(&pausing), true),
+                seen("c", BucketState::Resuming, Some(&resuming), false),
+                seen("d", BucketState::Paused, Some(&paused), false),
+                seen("e", BucketState::Active, Some(&paused), false),
+                seen("f", BucketState::Paused, None, false),
+                seen("g", BucketState::Paused, Some(&pausing), false),
+            ],
+            100,
+        );
+        assert_eq!(plan.len(), 5, "{plan:?}");
+        let Repair::RollBackPause {
+            bucket,
+            objects,
+            record,
+            expect,
+            ..
+        } = &plan[0]
+        else {
+            panic!("{:?}", plan[0])
+        };
+        assert_eq!(
+            (bucket.as_str(), objects.as_str(), *expect),
+            ("a", "a/1-1", 9)
+        );
+        assert_eq!(record.end_state(), BucketState::Active);
+        assert_eq!(record.error.as_deref(), Some(INTERRUPTED));
+        let Repair::RollBackResume { bucket, record, .. } = &plan[1] else {
+            panic!("{:?}", plan[1])
+        };
+        assert_eq!(bucket, "c");
+        assert_eq!(record.end_state(), BucketState::Paused);
+        assert!(record.manifest.is_some());
+        assert!(matches!(&plan[2], Repair::CheckArchive { bucket, .. } if bucket == "d"));
+        assert!(matches!(&plan[3], Repair::Report { bucket, .. } if bucket == "f"));
+        assert!(matches!(&plan[4], Repair::Report { bucket, .. } if bucket == "g"));
+    }
+}

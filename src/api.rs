@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gc::GcStatus;
+use crate::hibernate::HibernationStatus;
+use metakv_gc::hibernate::{OpId, Phase};
 use metakv_gc::{JobId, JobRecord};
 
 /// Name of the client service on the transport.
@@ -89,6 +91,22 @@ pub enum ClientRequest {
     /// Checks the answering node's store: redb's page checksums, every record's crc and
     /// contents, every index and counter. Its requests wait meanwhile.
     CheckNode,
+    /// Starts pausing a bucket to an archive location, on the leader; answered with the
+    /// operation's id once the bucket is `Pausing`.
+    PauseBucket {
+        bucket: String,
+        archive: String,
+    },
+    /// Starts resuming a paused bucket, on the leader, from its archive or from `archive`
+    /// (where its objects were moved); answered once the bucket is `Resuming`.
+    ResumeBucket {
+        bucket: String,
+        archive: Option<String>,
+    },
+    /// A bucket's state, its last pause or resume, and the one running, from the leader.
+    Hibernation {
+        bucket: String,
+    },
 }
 
 /// What compacting one node did.
@@ -216,6 +234,8 @@ pub enum ClientReply {
     GcStatus(GcStatus),
     Compacted(NodeCompacted),
     Checked(NodeCheck),
+    OpStarted(OpId),
+    Hibernation(HibernationStatus),
     Done,
     Error(Error),
 }
@@ -453,6 +473,97 @@ pub trait Kv {
             ClientReply::Checked(c) => Ok(c),
             other => unexpected(other),
         }
+    }
+
+    /// Starts pausing `bucket` to `archive` (`file:///dir`, a plain path, or `s3://bucket/p`
+    /// when built with `s3`); returns once writes to it answer `BucketPaused`.
+    async fn start_pause(&self, bucket: &str, archive: &str) -> Result<OpId> {
+        match self
+            .request(ClientRequest::PauseBucket {
+                bucket: bucket.into(),
+                archive: archive.into(),
+            })
+            .await?
+        {
+            ClientReply::OpStarted(op) => Ok(op),
+            other => unexpected(other),
+        }
+    }
+
+    /// Starts resuming paused `bucket` from its archive, or from `archive` if it moved.
+    async fn start_resume(&self, bucket: &str, archive: Option<&str>) -> Result<OpId> {
+        match self
+            .request(ClientRequest::ResumeBucket {
+                bucket: bucket.into(),
+                archive: archive.map(str::to_owned),
+            })
+            .await?
+        {
+            ClientReply::OpStarted(op) => Ok(op),
+            other => unexpected(other),
+        }
+    }
+
+    /// A bucket's hibernation: its state, its last operation, the running one's progress.
+    async fn hibernation(&self, bucket: &str) -> Result<HibernationStatus> {
+        match self
+            .request(ClientRequest::Hibernation {
+                bucket: bucket.into(),
+            })
+            .await?
+        {
+            ClientReply::Hibernation(s) => Ok(s),
+            other => unexpected(other),
+        }
+    }
+
+    /// Waits for operation `op` on `bucket` to end, showing each status polled to
+    /// `on_progress`; `Ok` with the final status when it succeeded, `Archive` with the reason
+    /// when it was rolled back.
+    async fn hibernation_wait(
+        &self,
+        bucket: &str,
+        op: OpId,
+        mut on_progress: impl FnMut(&HibernationStatus),
+    ) -> Result<HibernationStatus> {
+        loop {
+            let status = self.hibernation(bucket).await?;
+            on_progress(&status);
+            match &status.record {
+                Some(r) if r.op == op && r.phase == Phase::Done => return Ok(status),
+                Some(r) if r.op == op && r.phase == Phase::RolledBack => {
+                    return Err(Error::Archive(format!(
+                        "{} of bucket {bucket:?} (op {op}) rolled back: {}",
+                        r.kind.as_str(),
+                        r.error.as_deref().unwrap_or("no reason recorded")
+                    )));
+                }
+                Some(r) if r.op > op => {
+                    return Err(Error::Busy(format!(
+                        "operation {op} on bucket {bucket:?} was replaced by {}",
+                        r.op
+                    )));
+                }
+                _ => {}
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Pauses `bucket` to `archive` and waits until it is `Paused` (see [`Kv::start_pause`]).
+    async fn pause_bucket(&self, bucket: &str, archive: &str) -> Result<HibernationStatus> {
+        let op = self.start_pause(bucket, archive).await?;
+        self.hibernation_wait(bucket, op, |_| {}).await
+    }
+
+    /// Resumes `bucket` and waits until it is `Active` with all its records again.
+    async fn resume_bucket(
+        &self,
+        bucket: &str,
+        archive: Option<&str>,
+    ) -> Result<HibernationStatus> {
+        let op = self.start_resume(bucket, archive).await?;
+        self.hibernation_wait(bucket, op, |_| {}).await
     }
 
     /// Waits for job `job` to end (polling every `poll`) and returns its record.

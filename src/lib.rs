@@ -10,6 +10,7 @@ pub mod api;
 mod client;
 mod error;
 mod gc;
+mod hibernate;
 mod node;
 mod pool;
 
@@ -20,6 +21,8 @@ pub use api::{
 pub use client::Client;
 pub use error::{Error, Result};
 pub use gc::GcStatus;
+pub use hibernate::{Archives, HibernationConfig, HibernationStatus, OpProgress, UriArchives};
+pub use metakv_gc::hibernate::{HibernationRecord, Manifest, OpId, OpKind, Phase};
 pub use metakv_gc::{self as gc_engine, GcConfig, JobId, JobRecord, Outcome as GcOutcome};
 pub use metakv_raft::{Rejection, RejectionKind};
 pub use metakv_store::{self as store, Applied, BucketInfo, BucketState, Expect, Op, Record};

@@ -25,6 +25,7 @@ use crate::api::{
 };
 use crate::error::{Error, Result};
 use crate::gc::{GcState, GcStatus};
+use crate::hibernate::{HibernationConfig, HibernationState};
 use crate::pool::{Pool, unavailable};
 use metakv_gc::GcConfig;
 
@@ -56,6 +57,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Tombstone GC: triggers, minimum age, leases, batch sizes.
     pub gc: GcConfig,
+    /// Hibernation: the janitor's interval and where archive locations lead.
+    pub hibernation: HibernationConfig,
 }
 
 impl NodeConfig {
@@ -76,6 +79,7 @@ impl NodeConfig {
             logs_kept_after_snapshot: 5_000,
             request_timeout: Duration::from_secs(10),
             gc: GcConfig::default(),
+            hibernation: HibernationConfig::default(),
         }
     }
 }
@@ -90,13 +94,14 @@ pub struct Node {
 pub(crate) struct Inner {
     pub(crate) id: u64,
     addr: String,
-    config: NodeConfig,
+    pub(crate) config: NodeConfig,
     raft: Raft,
     pub(crate) store: SharedStore,
     log_stats: Arc<LogStats>,
     log_closed: LogClosed,
     pub(crate) pool: Pool,
     pub(crate) gc: GcState,
+    pub(crate) hibernation: HibernationState,
     stop: watch::Sender<bool>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -234,6 +239,7 @@ impl Node {
         let (gc, gc_ctl) = GcState::new(config.gc.clone());
         let inner = Arc::new(Inner {
             gc,
+            hibernation: HibernationState::new(config.hibernation.clone()),
             id: config.id,
             addr: addr.clone(),
             pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
@@ -253,6 +259,10 @@ impl Node {
         tokio::spawn(crate::gc::drive(
             Arc::downgrade(&inner),
             gc_ctl,
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::hibernate::drive(
+            Arc::downgrade(&inner),
             stopped.clone(),
         ));
         let services = Arc::new(NodeServices(Arc::downgrade(&inner)));
@@ -583,16 +593,7 @@ impl Node {
                 dry_run,
                 min_age_ms,
             } => {
-                let m = raft.metrics().borrow_watched().clone();
-                if m.state != ServerState::Leader {
-                    let addr = m.current_leader.and_then(|l| {
-                        m.membership_config
-                            .membership()
-                            .get_node(&l)
-                            .map(|n| n.addr.clone())
-                    });
-                    return Err(Redirect(m.current_leader.zip(addr)));
-                }
+                self.lead_here()?;
                 match self.inner.gc.run(dry_run, min_age_ms).await {
                     Ok(Ok(job)) => Ok(ClientReply::GcStarted(job)),
                     Ok(Err(Error::NotLeader { .. })) => return Err(Redirect(None)),
@@ -621,6 +622,22 @@ impl Node {
                             bytes_after,
                         })
                     })
+            }
+            ClientRequest::PauseBucket { bucket, archive } => {
+                self.lead_here()?;
+                leader_only(self.start_pause(&bucket, &archive).await)?.map(ClientReply::OpStarted)
+            }
+            ClientRequest::ResumeBucket { bucket, archive } => {
+                self.lead_here()?;
+                leader_only(self.start_resume(&bucket, archive.as_deref()).await)?
+                    .map(ClientReply::OpStarted)
+            }
+            ClientRequest::Hibernation { bucket } => {
+                self.lead_here()?;
+                self.linearize(Consistency::Linearizable).await?;
+                self.hibernation_status(&bucket)
+                    .await
+                    .map(ClientReply::Hibernation)
             }
             ClientRequest::CheckNode => {
                 let node = self.inner.id;
@@ -696,6 +713,21 @@ impl Node {
 
     /// For a linearizable read: waits until this node, as leader, has applied everything
     /// committed before the read began (read index); redirects when another node leads.
+    /// `Ok` if this node leads; otherwise a redirect to the leader it knows of.
+    fn lead_here(&self) -> std::result::Result<(), Redirect> {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader {
+            return Ok(());
+        }
+        let addr = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        Err(Redirect(m.current_leader.zip(addr)))
+    }
+
     pub(crate) async fn linearize(
         &self,
         consistency: Consistency,
@@ -802,6 +834,14 @@ impl Node {
 /// The leader to ask instead, if known.
 #[derive(Debug)]
 pub(crate) struct Redirect(Option<(u64, String)>);
+
+/// A leader-only answer: `NotLeader` (leadership moved while it ran) becomes a redirect.
+fn leader_only<T>(r: Result<T>) -> std::result::Result<Result<T>, Redirect> {
+    match r {
+        Err(Error::NotLeader { .. }) => Err(Redirect(None)),
+        other => Ok(other),
+    }
+}
 
 fn redirect(id: Option<u64>, node: Option<NodeAddr>) -> Redirect {
     Redirect(id.zip(node.map(|n| n.addr)))

@@ -5,58 +5,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, applied_on};
-use metakv::{Consistency, GcOutcome, JobRecord, Kv, Node, store::Expect};
+use common::{Cluster, applied_on, load};
+use metakv::{GcOutcome, JobRecord, Kv, Node, store::Expect};
 
 const POLL: Duration = Duration::from_millis(50);
 
-/// Writes `n` records to `bucket` and deletes all but every `keep_every`-th; returns the keys
-/// kept.
-async fn load(node: &Node, bucket: &str, n: usize, keep_every: usize) -> Vec<Vec<u8>> {
-    node.create_bucket(bucket).await.unwrap();
-    let value = vec![7u8; 200];
-    let keys: Vec<Vec<u8>> = (0..n)
-        .map(|i| format!("user/{i:06}").into_bytes())
-        .collect();
-    // 32 writers at a time: the log commits them in groups.
-    for chunk in keys.chunks(32) {
-        let puts = chunk
-            .iter()
-            .map(|k| node.put(bucket, k, &value, Expect::Any));
-        for r in futures_util::future::join_all(puts).await {
-            r.unwrap();
-        }
-    }
-    let (kept, gone): (Vec<_>, Vec<_>) = keys
-        .into_iter()
-        .enumerate()
-        .partition(|(i, _)| i % keep_every == 0);
-    for chunk in gone.chunks(32) {
-        let deletes = chunk
-            .iter()
-            .map(|(_, k)| node.delete(bucket, k, Expect::Any));
-        for r in futures_util::future::join_all(deletes).await {
-            r.unwrap();
-        }
-    }
-    kept.into_iter().map(|(_, k)| k).collect()
-}
-
 /// Every key of `bucket` on `node`'s own copy, tombstones included, with whether each is one.
 async fn local_keys(node: &Node, bucket: &str) -> Vec<(Vec<u8>, bool)> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = node
-            .scan(bucket, b"", after.clone(), 1000, true, Consistency::Local)
-            .await
-            .unwrap();
-        out.extend(page.items.iter().map(|(k, r)| (k.clone(), r.deleted)));
-        match page.next {
-            Some(n) => after = Some(n),
-            None => return out,
-        }
-    }
+    common::local_records(node, bucket)
+        .await
+        .into_iter()
+        .map(|(k, r)| (k, r.deleted))
+        .collect()
 }
 
 async fn run_job(via: &Node) -> JobRecord {

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use metakv::{Kv, Node, NodeConfig, Role};
+use metakv::{Consistency, Kv, Node, NodeConfig, Record, Role, store::Expect};
+
+pub mod gate;
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -186,4 +188,53 @@ pub fn serve_args(dir: &Path, id: u64, args: &[String]) -> Proc {
         std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default()
     );
     Proc { child, addr }
+}
+
+/// Writes `n` records to `bucket` and deletes all but every `keep_every`-th; returns the keys
+/// kept.
+pub async fn load(node: &Node, bucket: &str, n: usize, keep_every: usize) -> Vec<Vec<u8>> {
+    node.create_bucket(bucket).await.unwrap();
+    let value = vec![7u8; 200];
+    let keys: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("user/{i:06}").into_bytes())
+        .collect();
+    // 32 writers at a time: the log commits them in groups.
+    for chunk in keys.chunks(32) {
+        let puts = chunk
+            .iter()
+            .map(|k| node.put(bucket, k, &value, Expect::Any));
+        for r in futures_util::future::join_all(puts).await {
+            r.unwrap();
+        }
+    }
+    let (kept, gone): (Vec<_>, Vec<_>) = keys
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % keep_every == 0);
+    for chunk in gone.chunks(32) {
+        let deletes = chunk
+            .iter()
+            .map(|(_, k)| node.delete(bucket, k, Expect::Any));
+        for r in futures_util::future::join_all(deletes).await {
+            r.unwrap();
+        }
+    }
+    kept.into_iter().map(|(_, k)| k).collect()
+}
+
+/// Every record of `bucket` on `node`'s own copy, tombstones included.
+pub async fn local_records(node: &Node, bucket: &str) -> Vec<(Vec<u8>, Record)> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = node
+            .scan(bucket, b"", after.clone(), 1000, true, Consistency::Local)
+            .await
+            .unwrap();
+        out.extend(page.items);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
 }

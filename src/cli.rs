@@ -37,9 +37,31 @@ pub enum BucketCmd {
     Drop {
         name: String,
     },
-    /// State, live records and tombstones.
+    /// State, live records and tombstones, and the bucket's last (or running) pause or resume.
     Status {
         name: String,
+    },
+    /// Pauses a bucket to an archive: exports it, verifies the archive, then drops its data.
+    /// Reads and writes answer "bucket paused" until it is resumed.
+    Pause {
+        name: String,
+        /// Where the archive goes: a directory (`file:///dir` or a plain path), or
+        /// `s3://bucket/prefix` in a build with the `s3` feature.
+        #[arg(long)]
+        archive: String,
+        /// Print the operation id and return once the bucket is pausing.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Resumes a paused bucket from its archive, with every record and revision it had.
+    Resume {
+        name: String,
+        /// The archive's location if its objects were moved since the pause.
+        #[arg(long)]
+        archive: Option<String>,
+        /// Print the operation id and return once the bucket is resuming.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -544,10 +566,11 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
         }
         ClientCmd::Bucket(BucketCmd::Status { name }) => {
             let info = client.bucket(&name).await?;
+            let h = client.hibernation(&name).await?;
             if json {
                 println!(
                     "{}",
-                    json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones, "purge_floor": info.purge_floor})
+                    json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones, "purge_floor": info.purge_floor, "hibernation": hibernation_json(&h)})
                 );
             } else {
                 println!(
@@ -557,7 +580,29 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                     info.tombstones,
                     info.purge_floor
                 );
+                if let Some(line) = hibernation_line(&h) {
+                    println!("{line}");
+                }
+                if let Some(p) = &h.running {
+                    println!("running: {}", progress_line(&name, p));
+                }
             }
+        }
+        ClientCmd::Bucket(BucketCmd::Pause {
+            name,
+            archive,
+            no_wait,
+        }) => {
+            let op = client.start_pause(&name, &archive).await?;
+            hibernation_finish(&client, &name, op, "paused", no_wait, json).await?;
+        }
+        ClientCmd::Bucket(BucketCmd::Resume {
+            name,
+            archive,
+            no_wait,
+        }) => {
+            let op = client.start_resume(&name, archive.as_deref()).await?;
+            hibernation_finish(&client, &name, op, "resumed", no_wait, json).await?;
         }
         ClientCmd::Put {
             bucket,
@@ -714,4 +759,98 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
         }
     }
     Ok(())
+}
+
+/// Waits for a pause or resume with progress on stderr (unless `no_wait`), then prints its
+/// outcome.
+async fn hibernation_finish(
+    client: &Client,
+    bucket: &str,
+    op: metakv::OpId,
+    done: &str,
+    no_wait: bool,
+    json: bool,
+) -> Result<(), Fail> {
+    if no_wait {
+        if json {
+            println!("{}", json!({"bucket": bucket, "op": op.to_string()}));
+        } else {
+            println!("{bucket}: op {op} started");
+        }
+        return Ok(());
+    }
+    let progress = crate::progress::Progress::spinner();
+    let status = client
+        .hibernation_wait(bucket, op, |s| {
+            if let Some(p) = s.running.as_ref().filter(|p| p.op == op) {
+                progress.note(progress_line(bucket, p));
+            }
+        })
+        .await;
+    progress.finish();
+    let status = status?;
+    if json {
+        println!("{}", hibernation_json(&status));
+    } else {
+        let record = status.record.as_ref();
+        let manifest = record.and_then(|r| r.manifest.as_ref());
+        println!(
+            "{bucket} {done} (op {op}): {} records, {} archive bytes, {}",
+            manifest.map_or(0, |m| m.records),
+            manifest.map_or(0, |m| m.bytes),
+            record.map_or(String::new(), |r| format!("{}/{}", r.archive, r.objects))
+        );
+    }
+    Ok(())
+}
+
+fn progress_line(bucket: &str, p: &metakv::OpProgress) -> String {
+    let of = |n: u64, total: Option<u64>| match total {
+        Some(t) => format!("{n}/{t}"),
+        None => n.to_string(),
+    };
+    format!(
+        "{} {bucket} (op {}): {} {} records, {} bytes",
+        p.kind.as_str(),
+        p.op,
+        p.step,
+        of(p.records, p.records_total),
+        of(p.bytes, p.bytes_total)
+    )
+}
+
+fn hibernation_line(h: &metakv::HibernationStatus) -> Option<String> {
+    let r = h.record.as_ref()?;
+    let mut line = format!(
+        "last {} (op {}): {}, archive {}/{}",
+        r.kind.as_str(),
+        r.op,
+        r.phase.as_str(),
+        r.archive,
+        r.objects
+    );
+    if let Some(m) = &r.manifest {
+        line.push_str(&format!(
+            ", {} records, {} bytes at revision {}",
+            m.records, m.bytes, m.rev
+        ));
+    }
+    if let Some(e) = &r.error {
+        line.push_str(&format!(", error: {e}"));
+    }
+    Some(line)
+}
+
+fn hibernation_json(h: &metakv::HibernationStatus) -> Value {
+    let record = h.record.as_ref().map(|r| {
+        json!({"op": r.op.to_string(), "kind": r.kind.as_str(), "phase": r.phase.as_str(),
+               "archive": r.archive, "objects": r.objects, "started_ms": r.started_ms,
+               "finished_ms": r.finished_ms, "error": r.error,
+               "manifest": r.manifest.as_ref().map(|m| json!({"records": m.records, "bytes": m.bytes, "rev": m.rev, "chunks": m.chunks.len()}))})
+    });
+    let running = h.running.as_ref().map(|p| {
+        json!({"op": p.op.to_string(), "kind": p.kind.as_str(), "step": p.step, "records": p.records,
+               "bytes": p.bytes, "records_total": p.records_total, "bytes_total": p.bytes_total})
+    });
+    json!({"bucket": h.bucket, "state": h.state.as_str(), "last": record, "running": running})
 }

@@ -17,10 +17,12 @@
 
 use std::time::{Duration, Instant};
 
-use metakv::{Kv, Node, NodeConfig, Role, store::Expect};
+mod common;
+
+use common::many;
+use metakv::{Kv, Node, store::Expect};
 
 const VALUE_BYTES: usize = 256;
-const IN_FLIGHT: usize = 256;
 
 fn key(i: usize) -> Vec<u8> {
     format!("user/{i:010}").into_bytes() // 16 bytes, as in the etcd baseline
@@ -40,19 +42,6 @@ fn peak_rss_kib() -> u64 {
 fn p99(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v.get(v.len() * 99 / 100).copied().unwrap_or_default()
-}
-
-async fn many<F, Fut>(n: usize, f: F)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    use futures_util::StreamExt;
-    futures_util::stream::iter(0..n)
-        .map(f)
-        .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<()>>()
-        .await;
 }
 
 /// Sequential puts to `config` until `stop` says so; when each began and how long it took.
@@ -124,24 +113,7 @@ fn kept(i: usize, deleted_pct: usize) -> bool {
 
 async fn run(n: usize, deleted_pct: usize, gc: metakv::GcConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let config = |id: u64, join: Option<String>| {
-        let mut c = NodeConfig::new(id, dir.path().join(format!("node{id}")), "127.0.0.1:0");
-        c.join = join;
-        c.gc = gc.clone();
-        c
-    };
-    let first = Node::start(config(1, None)).await.unwrap();
-    let seed = first.addr().to_owned();
-    let mut nodes = vec![first];
-    for id in 2..=3 {
-        nodes.push(Node::start(config(id, Some(seed.clone()))).await.unwrap());
-    }
-    let leader = loop {
-        if let Some(l) = nodes.iter().find(|n| n.node_status().role == Role::Leader) {
-            break l.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (nodes, leader) = common::cluster(dir.path(), |c| c.gc = gc.clone()).await;
     leader.create_bucket("users").await.unwrap();
     leader.create_bucket("config").await.unwrap();
     let value = vec![b'x'; VALUE_BYTES];

@@ -33,6 +33,9 @@
 //! call_timeout = "20s"
 //! compact_timeout = "10m"
 //! pin_grace = "10s"
+//!
+//! [hibernation]
+//! janitor_interval = "1m"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -58,6 +61,14 @@ pub struct FileConfig {
     pub raft: RaftSection,
     #[serde(default)]
     pub gc: GcSection,
+    #[serde(default)]
+    pub hibernation: HibernationSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HibernationSection {
+    pub janitor_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +208,13 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<NodeConfig, String> {
         ms("gc.compact_timeout", &g.compact_timeout)?,
     );
     set(&mut c.gc.pin_grace_ms, ms("gc.pin_grace", &g.pin_grace)?);
+    set(
+        &mut c.hibernation.janitor_interval_ms,
+        ms(
+            "hibernation.janitor_interval",
+            &file.hibernation.janitor_interval,
+        )?,
+    );
     for (key, v) in [
         ("gc.page_size", c.gc.page_size),
         ("gc.purge_batch", c.gc.purge_batch),
@@ -240,6 +258,10 @@ mod tests {
         assert_eq!((c.id, c.cluster_id.as_str()), (1, "prod"));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/metakv"));
         assert_eq!(c.gc, d.gc);
+        assert_eq!(
+            c.hibernation.janitor_interval_ms,
+            d.hibernation.janitor_interval_ms
+        );
         assert_eq!(
             (
                 c.heartbeat_ms,

@@ -51,6 +51,21 @@ pub trait Archives: Send + Sync + std::fmt::Debug + 'static {
         uri: &str,
         create: bool,
     ) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String>;
+
+    /// Makes the objects at `paths` (as `open` gave them) durable before a pause drops the
+    /// data they hold. A store whose writes are durable when they complete (S3) has nothing
+    /// to do.
+    fn make_durable(&self, uri: &str, paths: &[ObjectPath]) -> std::result::Result<(), String>;
+}
+
+/// The local directory a `file://` or plain-path location names; `None` for other schemes.
+fn local_dir(uri: &str) -> Option<std::path::PathBuf> {
+    if uri.contains("://") && !uri.starts_with("file://") {
+        return None;
+    }
+    Some(std::path::PathBuf::from(
+        uri.strip_prefix("file://").unwrap_or(uri),
+    ))
 }
 
 /// Archive locations as URIs: `file:///dir`, a plain path, or (feature `s3`) `s3://bucket/p`.
@@ -66,12 +81,11 @@ impl Archives for UriArchives {
         if let Some(rest) = uri.strip_prefix("s3://") {
             return open_s3(rest);
         }
-        if uri.contains("://") && !uri.starts_with("file://") {
+        let Some(dir) = local_dir(uri) else {
             return Err(format!(
                 "archive location {uri:?}: only file:// (or a plain path) and s3:// are supported"
             ));
-        }
-        let dir = std::path::PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
+        };
         if create {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create archive directory {}: {e}", dir.display()))?;
@@ -79,6 +93,27 @@ impl Archives for UriArchives {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
             .map_err(|e| format!("archive directory {} unreachable: {e}", dir.display()))?;
         Ok((Arc::new(fs), ObjectPath::default()))
+    }
+
+    /// A local file and its directory are fsynced (the local store renames a finished object
+    /// into place but does not sync it).
+    fn make_durable(&self, uri: &str, paths: &[ObjectPath]) -> std::result::Result<(), String> {
+        let Some(dir) = local_dir(uri) else {
+            return Ok(());
+        };
+        for path in paths {
+            let file = path.parts().fold(dir.clone(), |d, p| d.join(p.as_ref()));
+            let sync = |p: &std::path::Path| {
+                std::fs::File::open(p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| format!("syncing {}: {e}", p.display()))
+            };
+            sync(&file)?;
+            if let Some(parent) = file.parent() {
+                sync(parent)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -618,7 +653,7 @@ impl Node {
         let drain = async { while sink.recv().await.is_some() {} };
         let (checked, ()) = tokio::join!(
             read_archive(
-                download(Arc::clone(store), archive_path).await?,
+                download(Arc::clone(store), archive_path.clone()).await?,
                 bucket.to_owned(),
                 manifest.clone(),
                 each,
@@ -633,6 +668,16 @@ impl Node {
                 "{manifest_path} read back differs from what was written"
             )));
         }
+
+        self.inner
+            .hibernation
+            .config
+            .archives
+            .make_durable(
+                &record.archive,
+                &[archive_path.clone(), manifest_path.clone()],
+            )
+            .map_err(archive_err)?;
 
         lock(progress).step = "dropping".into();
         self.step(

@@ -99,6 +99,10 @@ impl Archives for GatedArchives {
             base,
         ))
     }
+
+    fn make_durable(&self, uri: &str, paths: &[Path]) -> std::result::Result<(), String> {
+        UriArchives.make_durable(uri, paths)
+    }
 }
 
 #[derive(Debug)]

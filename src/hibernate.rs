@@ -39,6 +39,9 @@ use crate::node::{Inner, Node, now_ms};
 const TICK: Duration = Duration::from_millis(250);
 /// Bytes handed from the exporting thread to the uploader at a time.
 const HANDOFF_BYTES: usize = 1 << 20;
+/// `Restore` entries (archive chunks of up to 1 MiB) on their way through Raft at once: one
+/// chunk is replicated while the one before is applied.
+const RESTORES_IN_FLIGHT: usize = 4;
 /// Size of each part of a multipart upload (S3 wants at least 5 MiB).
 const PART_BYTES: usize = 8 << 20;
 
@@ -811,23 +814,24 @@ impl Node {
         progress: &Arc<Mutex<OpProgress>>,
     ) -> Result<()> {
         lock(progress).step = "restoring".into();
-        let (each, mut chunks) = mpsc::channel(2);
+        let (each, chunks) = mpsc::channel(RESTORES_IN_FLIGHT);
         let restore = async {
-            while let Some(records) = chunks.recv().await {
-                match self
-                    .propose(Op::Restore {
-                        bucket: bucket.to_owned(),
-                        records,
+            let chunks = futures_util::stream::unfold(chunks, |mut rx| async {
+                rx.recv().await.map(|records| (records, rx))
+            });
+            let mut applied = std::pin::pin!(
+                chunks
+                    .map(|records| {
+                        self.propose(Op::Restore {
+                            bucket: bucket.to_owned(),
+                            records,
+                        })
                     })
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) => {
-                        // Stop the reader: it sees the channel close.
-                        drop(chunks);
-                        return Err(e);
-                    }
-                }
+                    .buffered(RESTORES_IN_FLIGHT)
+            );
+            while let Some(done) = applied.next().await {
+                // On an error the stream, and with it the channel, is dropped: the reader stops.
+                done?;
             }
             Ok(())
         };

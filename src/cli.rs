@@ -594,7 +594,7 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
             no_wait,
         }) => {
             let op = client.start_pause(&name, &archive).await?;
-            hibernation_finish(&client, &name, op, "paused", no_wait, json).await?;
+            hibernation_finish(client, &name, op, "paused", no_wait, json).await?;
         }
         ClientCmd::Bucket(BucketCmd::Resume {
             name,
@@ -602,7 +602,7 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
             no_wait,
         }) => {
             let op = client.start_resume(&name, archive.as_deref()).await?;
-            hibernation_finish(&client, &name, op, "resumed", no_wait, json).await?;
+            hibernation_finish(client, &name, op, "resumed", no_wait, json).await?;
         }
         ClientCmd::Put {
             bucket,

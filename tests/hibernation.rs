@@ -397,3 +397,33 @@ async fn leader_killed_mid_restore_drops_the_partial_restore_and_resumes_later()
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_bucket_whose_archive_vanished_is_reported_and_kept() {
+    let cluster = Cluster::start_with(1, |c| c.hibernation.janitor_interval_ms = 200).await;
+    let node = cluster.node(1);
+    fill(node, "users", 100).await;
+    node.pause_bucket("users", &archive_uri(&cluster))
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(cluster.dir.path().join("archive")).unwrap();
+    let mut noted = None;
+    for _ in 0..100 {
+        let s = node.hibernation("users").await.unwrap();
+        if let Some(e) = s.record.and_then(|r| r.error) {
+            noted = Some((s.state, e));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (state, error) = noted.expect("the janitor notes the missing archive");
+    assert_eq!(state, BucketState::Paused);
+    assert!(error.contains("archive missing"), "{error}");
+    let e = node.start_resume("users", None).await.unwrap_err();
+    assert!(matches!(&e, Error::Archive(_)), "{e}");
+    assert_eq!(
+        node.bucket("users").await.unwrap().state,
+        BucketState::Paused
+    );
+    cluster.shutdown().await;
+}

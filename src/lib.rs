@@ -13,6 +13,7 @@ mod gc;
 mod hibernate;
 mod node;
 mod pool;
+mod snapshots;
 
 pub use api::{
     ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Kv, Member, MemberReport,

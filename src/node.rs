@@ -49,7 +49,8 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// A snapshot is taken after this many log entries since the last one...
+    /// A snapshot is taken after this many log entries since the last one, each member at its
+    /// own phase so that they do not all build at once...
     pub snapshot_logs_since_last: u64,
     /// ...and this many entries before it are kept in the log for slow followers.
     pub logs_kept_after_snapshot: u64,
@@ -220,7 +221,8 @@ impl Node {
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_min_ms,
             election_timeout_max: config.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+            // `crate::snapshots` triggers them, each member at its own phase.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             ..Default::default()
         }
@@ -259,6 +261,11 @@ impl Node {
         tokio::spawn(crate::gc::drive(
             Arc::downgrade(&inner),
             gc_ctl,
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::snapshots::drive(
+            Arc::downgrade(&inner),
+            config.snapshot_logs_since_last.max(1),
             stopped.clone(),
         ));
         tokio::spawn(crate::hibernate::drive(

@@ -344,6 +344,7 @@ async fn read_archive(
     each: mpsc::Sender<Vec<(Vec<u8>, metakv_store::Record)>>,
     progress: Arc<Mutex<OpProgress>>,
 ) -> Result<()> {
+    let name = bucket.clone();
     tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
         let mut reader =
             ArchiveReader::open(std::io::BufReader::new(download)).map_err(|e| e.to_string())?;
@@ -381,7 +382,7 @@ async fn read_archive(
     })
     .await
     .map_err(|e| Error::Storage(format!("archive reader: {e}")))?
-    .map_err(|e| archive_err(format!("archive of bucket: {e}")))
+    .map_err(|e| archive_err(format!("the archive of bucket {name:?}: {e}")))
 }
 
 /// Free bytes on the file system that holds `dir`.

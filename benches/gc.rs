@@ -114,20 +114,10 @@ fn kept(i: usize, deleted_pct: usize) -> bool {
 async fn run(n: usize, deleted_pct: usize, gc: metakv::GcConfig) {
     let dir = tempfile::tempdir().unwrap();
     let (nodes, leader) = common::cluster(dir.path(), |c| c.gc = gc.clone()).await;
-    leader.create_bucket("users").await.unwrap();
     leader.create_bucket("config").await.unwrap();
     let value = vec![b'x'; VALUE_BYTES];
     let t = Instant::now();
-    many(n, |i| {
-        let (leader, value) = (&leader, &value);
-        async move {
-            leader
-                .put("users", &key(i), value, Expect::Any)
-                .await
-                .unwrap();
-        }
-    })
-    .await;
+    common::load(&leader, "users", n, key, &value).await;
     println!("loaded {n} records in {:.1?}", t.elapsed());
     let t = Instant::now();
     many(n, |i| {

@@ -12,8 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::many;
-use metakv::{Kv, store::Expect};
+use metakv::Kv;
 
 const VALUE_BYTES: usize = 256;
 
@@ -33,24 +32,10 @@ fn rate(n: u64, d: Duration) -> f64 {
 async fn run(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let (nodes, leader) = common::cluster(dir.path(), |_| {}).await;
-    leader.create_bucket("users").await.unwrap();
     let value = vec![b'x'; VALUE_BYTES];
     let t = Instant::now();
-    many(n, |i| {
-        let (leader, value) = (&leader, &value);
-        async move {
-            leader
-                .put(
-                    "users",
-                    format!("user/{i:010}").as_bytes(),
-                    value,
-                    Expect::Any,
-                )
-                .await
-                .unwrap();
-        }
-    })
-    .await;
+    let key = |i: usize| format!("user/{i:010}").into_bytes();
+    common::load(&leader, "users", n, key, &value).await;
     println!("loaded {n} records in {:.1?}", t.elapsed());
     let applied = leader.status().await.unwrap().applied;
     while nodes.iter().any(|n| n.node_status().applied < applied) {

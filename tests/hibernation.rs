@@ -261,15 +261,34 @@ async fn a_corrupt_moved_or_foreign_archive_is_refused_and_the_bucket_stays_paus
     cluster.shutdown().await;
 }
 
-/// Pauses a bucket with the leader's archive held at `point`, kills the leader there, and
-/// returns how the janitor of the next leader left it.
-async fn kill_leader_during_pause(point: Option<Point>) {
+/// Three nodes whose archives go through one gate.
+async fn gated_cluster() -> (Arc<Gate>, Cluster) {
     let gate = Gate::new();
     let archives = GatedArchives(Arc::clone(&gate));
-    let mut cluster = Cluster::start_with(3, |c| {
+    let cluster = Cluster::start_with(3, |c| {
         c.hibernation.archives = Arc::new(archives.clone());
     })
     .await;
+    (gate, cluster)
+}
+
+/// Restarts the killed node and checks that every copy of `users` is `before`.
+async fn restart_and_compare(
+    cluster: &mut Cluster,
+    killed: u64,
+    via: u64,
+    before: &[(Vec<u8>, Record)],
+) {
+    cluster.restart(killed).await;
+    for copy in copies(cluster, cluster.node(via), "users").await {
+        assert!(copy == before, "no record lost");
+    }
+}
+
+/// Pauses a bucket with the leader's archive held at `point`, kills the leader there, and
+/// returns how the janitor of the next leader left it.
+async fn kill_leader_during_pause(point: Option<Point>) {
+    let (gate, mut cluster) = gated_cluster().await;
     let leader = cluster.leader().await;
     let before = fill(cluster.node(leader), "users", 3_000).await;
     let uri = archive_uri(&cluster);
@@ -316,10 +335,7 @@ async fn kill_leader_during_pause(point: Option<Point>) {
                 .unwrap();
         }
     }
-    cluster.restart(leader).await;
-    for copy in copies(&cluster, cluster.node(next), "users").await {
-        assert!(copy == before, "no record lost ({point:?})");
-    }
+    restart_and_compare(&mut cluster, leader, next, &before).await;
     cluster.shutdown().await;
 }
 
@@ -345,12 +361,7 @@ async fn leader_killed_after_drop_leaves_it_paused_and_resumable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_mid_restore_drops_the_partial_restore_and_resumes_later() {
-    let gate = Gate::new();
-    let archives = GatedArchives(Arc::clone(&gate));
-    let mut cluster = Cluster::start_with(3, |c| {
-        c.hibernation.archives = Arc::new(archives.clone());
-    })
-    .await;
+    let (gate, mut cluster) = gated_cluster().await;
     let leader = cluster.leader().await;
     let node = cluster.node(leader);
     // Enough for several chunks, so that half of the archive is a restored chunk or more.
@@ -391,10 +402,7 @@ async fn leader_killed_mid_restore_drops_the_partial_restore_and_resumes_later()
         .resume_bucket("users", None)
         .await
         .unwrap();
-    cluster.restart(leader).await;
-    for copy in copies(&cluster, cluster.node(next), "users").await {
-        assert!(copy == before);
-    }
+    restart_and_compare(&mut cluster, leader, next, &before).await;
     cluster.shutdown().await;
 }
 

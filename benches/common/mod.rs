@@ -46,3 +46,22 @@ pub async fn cluster(dir: &std::path::Path, tune: impl Fn(&mut NodeConfig)) -> (
     };
     (nodes, leader)
 }
+
+/// Creates `bucket` and writes `n` records of `value` through `node`, keys from `key`.
+pub async fn load(
+    node: &Node,
+    bucket: &str,
+    n: usize,
+    key: impl Fn(usize) -> Vec<u8>,
+    value: &[u8],
+) {
+    use metakv::{Kv, store::Expect};
+    node.create_bucket(bucket).await.unwrap();
+    many(n, |i| {
+        let key = key(i);
+        async move {
+            node.put(bucket, &key, value, Expect::Any).await.unwrap();
+        }
+    })
+    .await;
+}

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
-use crate::node::{Inner, Node, now_ms};
+use crate::node::{Inner, Node, next_tick, now_ms};
 
 /// How often the driver looks at leadership.
 const TICK: Duration = Duration::from_millis(250);
@@ -1090,13 +1090,7 @@ pub(crate) async fn drive(node: Weak<Inner>, mut stop: watch::Receiver<bool>) {
     let mut last_janitor = tokio::time::Instant::now();
     // Whether the janitor must run on the next tick: a new leadership, or a run that failed.
     let mut janitor_due = false;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tick.tick() => {}
-        }
-        let Some(inner) = node.upgrade() else { break };
-        let node = Node { inner };
+    while let Some(node) = next_tick(&node, &mut tick, &mut stop).await {
         let term = node.leading_term().ok();
         if term != led {
             if led.is_some() {

@@ -172,6 +172,19 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     }))
 }
 
+/// Waits for the next tick of one of a node's background loops: the node, or `None` once it
+/// stops (or is gone).
+pub(crate) async fn next_tick(
+    node: &Weak<Inner>,
+    tick: &mut tokio::time::Interval,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Node> {
+    tokio::select! {
+        _ = stop.changed() => None,
+        _ = tick.tick() => node.upgrade().map(|inner| Node { inner }),
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 
-use crate::node::{Inner, Node};
+use crate::node::{Inner, next_tick};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -32,13 +32,7 @@ pub(crate) async fn drive(node: Weak<Inner>, period: u64, mut stop: watch::Recei
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The index a build was asked for, until a snapshot at or above it shows up.
     let mut asked: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tick.tick() => {}
-        }
-        let Some(inner) = node.upgrade() else { break };
-        let node = Node { inner };
+    while let Some(node) = next_tick(&node, &mut tick, &mut stop).await {
         let m = node.raft().metrics().borrow_watched().clone();
         let last = m.snapshot.map_or(0, |l| l.index);
         let applied = m.last_applied.map_or(0, |l| l.index);

@@ -198,7 +198,6 @@ async fn a_corrupt_moved_or_foreign_archive_is_refused_and_the_bucket_stays_paus
     let objects = paused.record.unwrap().objects;
     let dir = cluster.dir.path().join("archive").join(&objects);
     let archive = dir.join("archive.mkva");
-    let manifest = dir.join("manifest.json");
     let still_paused = |s: &HibernationStatus| {
         assert_eq!(s.state, BucketState::Paused);
     };
@@ -257,7 +256,6 @@ async fn a_corrupt_moved_or_foreign_archive_is_refused_and_the_bucket_stays_paus
     for copy in copies(&cluster, node, "users").await {
         assert!(copy == before);
     }
-    let _ = manifest;
     cluster.shutdown().await;
 }
 

@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(frame record archive store_model gc_engine command_apply)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(frame record archive store_model gc_engine command_apply hibernation)
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   echo "fuzz/run.sh: the nightly toolchain is not installed; nothing was fuzzed" >&2

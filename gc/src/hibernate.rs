@@ -106,8 +106,12 @@ impl Manifest {
                 m.bucket
             ));
         }
-        let records: u64 = m.chunks.iter().map(|c| c.records).sum();
-        if records != m.records {
+        let records = m
+            .chunks
+            .iter()
+            .try_fold(0u64, |sum, c| sum.checked_add(c.records));
+        if records != Some(m.records) {
+            let records = records.map_or_else(|| "more than 2^64".to_owned(), |r| r.to_string());
             return Err(format!(
                 "the manifest's chunks hold {records} records, its total says {}",
                 m.records
@@ -334,8 +338,25 @@ pub fn janitor(seen: &[Seen], now_ms: u64) -> Vec<Repair> {
             continue;
         }
         let bucket = s.bucket.clone();
+        // A record is trusted only when it is the one this state implies: `Op::Hibernate`
+        // writes both in one entry, so anything else means the store was changed some other
+        // way, and guessing would risk the data.
+        let fits = |r: &HibernationRecord| match s.state {
+            BucketState::Pausing => (r.kind, r.phase) == (OpKind::Pause, Phase::Running),
+            BucketState::Resuming => (r.kind, r.phase) == (OpKind::Resume, Phase::Running),
+            BucketState::Paused => r.phase != Phase::Running && r.end_state() == BucketState::Paused,
+            BucketState::Active => true,
+        };
         match (s.state, &s.record) {
             (BucketState::Active, _) => {}
+            (state, Some((r, _))) if !fits(r) => out.push(Repair::Report {
+                bucket,
+                problem: format!(
+                    "bucket is {state} and its record is a {} {}",
+                    r.kind.as_str(),
+                    r.phase.as_str()
+                ),
+            }),
             (BucketState::Pausing, Some((r, rev))) => out.push(Repair::RollBackPause {
                 bucket,
                 archive: r.archive.clone(),
@@ -424,6 +445,26 @@ mod tests {
         };
         assert!(Manifest::from_json(&short.to_json(), "b", 1).is_err());
         assert!(Manifest::from_json(b"{not json", "b", 1).is_err());
+        // Chunk counts that overflow a u64 when added are refused, not a panic.
+        let overflow = Manifest {
+            records: 1,
+            chunks: vec![
+                ChunkEntry {
+                    records: u64::MAX,
+                    ..m.chunks[0]
+                },
+                ChunkEntry {
+                    records: 2,
+                    ..m.chunks[1]
+                },
+            ],
+            ..m.clone()
+        };
+        assert!(
+            Manifest::from_json(&overflow.to_json(), "b", 1)
+                .unwrap_err()
+                .contains("more than 2^64")
+        );
 
         m.check_chunk(0, m.chunks[0]).unwrap();
         let flipped = ChunkEntry {
@@ -484,10 +525,12 @@ mod tests {
                 seen("e", BucketState::Active, Some(&paused), false),
                 seen("f", BucketState::Paused, None, false),
                 seen("g", BucketState::Paused, Some(&pausing), false),
+                seen("h", BucketState::Pausing, Some(&resuming), false),
+                seen("i", BucketState::Resuming, Some(&paused), false),
             ],
             100,
         );
-        assert_eq!(plan.len(), 5, "{plan:?}");
+        assert_eq!(plan.len(), 7, "{plan:?}");
         let Repair::RollBackPause {
             bucket,
             objects,
@@ -513,5 +556,20 @@ mod tests {
         assert!(matches!(&plan[2], Repair::CheckArchive { bucket, .. } if bucket == "d"));
         assert!(matches!(&plan[3], Repair::Report { bucket, .. } if bucket == "f"));
         assert!(matches!(&plan[4], Repair::Report { bucket, .. } if bucket == "g"));
+        // A state and a record that `Op::Hibernate` would never have written together are
+        // reported, not repaired: rolling back a resume as if it were a pause would make the
+        // paused (dropped) bucket `Active` and empty.
+        for (i, bucket, problem) in [
+            (5, "h", "bucket is pausing and its record is a resume running"),
+            (6, "i", "bucket is resuming and its record is a pause done"),
+        ] {
+            assert_eq!(
+                plan[i],
+                Repair::Report {
+                    bucket: bucket.into(),
+                    problem: problem.into()
+                }
+            );
+        }
     }
 }

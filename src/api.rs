@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup::BackupInfo;
 use crate::error::{Error, Result};
 use crate::gc::GcStatus;
 use crate::hibernate::HibernationStatus;
@@ -106,6 +107,20 @@ pub enum ClientRequest {
     /// A bucket's state, its last pause or resume, and the one running, from the leader.
     Hibernation {
         bucket: String,
+    },
+    /// Takes a backup of the whole store on the leader, after its read index, and holds it
+    /// there to be pulled (see `crate::backup`).
+    BackupBegin,
+    /// Up to 1 MiB of backup `id` from `offset`; any node passes it on to `node`.
+    BackupChunk {
+        node: u64,
+        id: u64,
+        offset: u64,
+    },
+    /// Lets node `node` remove backup `id`.
+    BackupEnd {
+        node: u64,
+        id: u64,
     },
 }
 
@@ -236,6 +251,8 @@ pub enum ClientReply {
     Checked(NodeCheck),
     OpStarted(OpId),
     Hibernation(HibernationStatus),
+    Backup(BackupInfo),
+    Bytes(Vec<u8>),
     Done,
     Error(Error),
 }
@@ -247,7 +264,7 @@ pub(crate) fn applied(response: Response) -> Result<Applied> {
     }
 }
 
-fn unexpected<T>(reply: ClientReply) -> Result<T> {
+pub(crate) fn unexpected<T>(reply: ClientReply) -> Result<T> {
     match reply {
         ClientReply::Error(e) => Err(e),
         other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
@@ -564,6 +581,24 @@ pub trait Kv {
     ) -> Result<HibernationStatus> {
         let op = self.start_resume(bucket, archive).await?;
         self.hibernation_wait(bucket, op, |_| {}).await
+    }
+
+    /// Takes a backup of the whole store, consistent as of a moment after every write
+    /// acknowledged before the call, and writes it to `path` (through `path.partial`, checked
+    /// whole and made durable before it is renamed). `on_bytes(done, total)` sees the
+    /// download. `metakv restore` makes a new cluster's first node from it.
+    async fn backup(
+        &self,
+        path: &std::path::Path,
+        mut on_bytes: impl FnMut(u64, u64),
+    ) -> Result<BackupInfo>
+    where
+        Self: Sized,
+    {
+        let info = crate::backup::begin(self).await?;
+        on_bytes(0, info.bytes);
+        crate::backup::pull(self, &info, path, |done| on_bytes(done, info.bytes)).await?;
+        Ok(info)
     }
 
     /// Waits for job `job` to end (polling every `poll`) and returns its record.

@@ -127,6 +127,25 @@ pub enum ClientCmd {
         #[arg(long, requires = "offline")]
         data_dir: Option<std::path::PathBuf>,
     },
+    /// Writes a backup of the whole store to FILE: taken on the leader, consistent as of a
+    /// moment after every write acknowledged before the command, checked whole (size, crc,
+    /// every frame) and made durable before FILE appears.
+    Backup { file: std::path::PathBuf },
+    /// Makes a new node's data dir from a backup, offline: start it with `serve`, then add
+    /// nodes with `serve --join`. Records keep their revisions, and new writes get higher ones.
+    Restore {
+        file: std::path::PathBuf,
+        /// The new node's data dir (created; it must hold no node files).
+        #[arg(long, default_value = "metakv-data")]
+        data_dir: std::path::PathBuf,
+        /// The new node's id.
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        /// The address the new node will serve on (it records its own address on its first
+        /// start if it serves elsewhere).
+        #[arg(long, default_value = "127.0.0.1:7379")]
+        advertise: String,
+    },
     #[command(subcommand)]
     Cluster(ClusterCmd),
     #[command(subcommand)]
@@ -392,6 +411,13 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
             ..
         } => maintenance::compact_offline(&dir, json)?,
         ClientCmd::Compact { node, .. } => maintenance::compact_live(client, node, json).await?,
+        ClientCmd::Backup { file } => maintenance::backup(client, &file, json).await?,
+        ClientCmd::Restore {
+            file,
+            data_dir,
+            id,
+            advertise,
+        } => maintenance::restore(&file, &data_dir, id, &advertise, json)?,
         ClientCmd::Gc(GcCmd::Run {
             dry_run,
             min_age,

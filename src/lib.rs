@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod backup;
 mod client;
 mod error;
 mod gc;
@@ -19,6 +20,7 @@ pub use api::{
     ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Kv, Member, MemberReport,
     NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage, Watch, WatchEvent,
 };
+pub use backup::BackupInfo;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use gc::GcStatus;

@@ -1,4 +1,5 @@
-//! `check` and `compact`: on live nodes through the client API, or on a stopped node's files.
+//! `check`, `compact`, `backup` and `restore`: on live nodes through the client API, or on a
+//! stopped (or new) node's files.
 
 use std::path::Path;
 
@@ -150,6 +151,106 @@ pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) ->
     progress.finish();
     if json_out {
         println!("{}", json!({ "nodes": nodes }));
+    }
+    Ok(())
+}
+
+/// Pulls a backup of the whole store into `file`, with its progress on stderr.
+pub async fn backup(client: &Client, file: &Path, json_out: bool) -> Result<(), Fail> {
+    let progress = std::cell::OnceCell::new();
+    let info = client
+        .backup(file, |done, len| {
+            progress
+                .get_or_init(|| crate::progress::Progress::bytes(len))
+                .bytes_at("backup", done, len)
+        })
+        .await
+        .map_err(|e| Fail(1, format!("backup: {e}")))?;
+    if let Some(p) = progress.get() {
+        p.finish();
+    }
+    if json_out {
+        println!(
+            "{}",
+            json!({"file": file, "node": info.node, "rev": info.rev, "log_index": info.applied,
+                   "buckets": info.buckets, "records": info.records, "bytes": info.bytes,
+                   "crc32": format!("{:08x}", info.crc32)})
+        );
+    } else {
+        println!(
+            "backup of {} buckets, {} records (revision {}, log index {}) from node {}: {} ({} bytes, crc {:08x})",
+            info.buckets,
+            info.records,
+            info.rev,
+            info.applied,
+            info.node,
+            file.display(),
+            info.bytes,
+            info.crc32
+        );
+    }
+    Ok(())
+}
+
+/// A reader that shows how much of a file has been read.
+struct Reading<'a, R> {
+    input: R,
+    done: u64,
+    len: u64,
+    progress: &'a crate::progress::Progress,
+}
+
+impl<R: std::io::Read> std::io::Read for Reading<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.input.read(buf)?;
+        self.done += n as u64;
+        self.progress.bytes_at("restore", self.done, self.len);
+        Ok(n)
+    }
+}
+
+/// Makes node `id`'s data dir from backup `file`, offline.
+pub fn restore(
+    file: &Path,
+    dir: &Path,
+    id: u64,
+    advertise: &str,
+    json_out: bool,
+) -> Result<(), Fail> {
+    let fail = |e: String| Fail(1, format!("restore: {e}"));
+    let input = std::fs::File::open(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    let len = input
+        .metadata()
+        .map_err(|e| fail(format!("{}: {e}", file.display())))?
+        .len();
+    let progress = crate::progress::Progress::bytes(len);
+    let reading = Reading {
+        input: std::io::BufReader::new(input),
+        done: 0,
+        len,
+        progress: &progress,
+    };
+    let restored = metakv_raft::restore::restore_node(dir, reading, id, advertise)
+        .map_err(|e| fail(format!("{} from {}: {e}", dir.display(), file.display())))?;
+    progress.finish();
+    let start = restored.start.map_or(0, |l| l.index);
+    if json_out {
+        println!(
+            "{}",
+            json!({"data_dir": dir, "node": id, "rev": restored.rev, "log_index": start,
+                   "buckets": restored.buckets, "records": restored.records})
+        );
+    } else {
+        println!(
+            "restored {} buckets, {} records (revision {}) into {} as node {id}; its log starts \
+             after index {start}. Start it with `metakv serve --id {id} --data-dir {}`, then \
+             add nodes with `serve --join`.",
+            restored.buckets,
+            restored.records,
+            restored.rev,
+            dir.display(),
+            dir.display()
+        );
     }
     Ok(())
 }

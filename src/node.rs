@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use metakv_raft::network::Network;
+use metakv_raft::restore;
 use metakv_raft::server::{ServerConfig, Services, serve};
 use metakv_raft::{
     Command, LogClosed, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine,
@@ -103,6 +104,7 @@ pub(crate) struct Inner {
     pub(crate) pool: Pool,
     pub(crate) gc: GcState,
     pub(crate) hibernation: HibernationState,
+    pub(crate) backups: crate::backup::Backups,
     stop: watch::Sender<bool>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -201,8 +203,15 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node> {
         let io = |doing: &str, e: &dyn std::fmt::Display| Error::Storage(format!("{doing}: {e}"));
         std::fs::create_dir_all(&config.data_dir).map_err(|e| io("creating the data dir", &e))?;
+        if config.data_dir.join(restore::PARTIAL).exists() {
+            return Err(Error::Storage(format!(
+                "{} holds an unfinished restore ({}): remove the dir and restore again",
+                config.data_dir.display(),
+                restore::PARTIAL
+            )));
+        }
         let store_config = metakv_store::Config {
-            path: config.data_dir.join("state.redb"),
+            path: config.data_dir.join(restore::STATE_FILE),
             cache_bytes: config.cache_bytes,
             value_bytes_max: config.value_bytes_max,
             durable: false,
@@ -212,13 +221,16 @@ impl Node {
             .map_err(blocking_err)?
             .map_err(Error::from_store)?;
         let store: SharedStore = Arc::new(RwLock::new(store));
-        let log_path = config.data_dir.join("raft-log.redb");
+        let log_path = config.data_dir.join(restore::LOG_FILE);
         let log = tokio::task::spawn_blocking(move || LogStore::open(&log_path))
             .await
             .map_err(blocking_err)?
             .map_err(|e| io("opening the raft log", &e))?;
-        let sm = StateMachine::new(Arc::clone(&store), config.data_dir.join("snapshots"))
-            .map_err(|e| io("opening snapshots", &e))?;
+        let sm = StateMachine::new(
+            Arc::clone(&store),
+            config.data_dir.join(restore::SNAPSHOT_DIR),
+        )
+        .map_err(|e| io("opening snapshots", &e))?;
         let listener = listen(&config.listen)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -255,6 +267,7 @@ impl Node {
         let inner = Arc::new(Inner {
             gc,
             hibernation: HibernationState::new(config.hibernation.clone()),
+            backups: crate::backup::Backups::new(config.data_dir.join("backups")),
             id: config.id,
             addr: addr.clone(),
             pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
@@ -269,7 +282,7 @@ impl Node {
         let server_config = Arc::new(ServerConfig {
             cluster_id: config.cluster_id.clone(),
             node_id: config.id,
-            spool_dir: config.data_dir.join("snapshots"),
+            spool_dir: config.data_dir.join(restore::SNAPSHOT_DIR),
         });
         tokio::spawn(crate::gc::drive(
             Arc::downgrade(&inner),
@@ -303,7 +316,10 @@ impl Node {
             .await
             .map_err(|e| io("reading raft state", &e))?;
         match (&config.join, initialized) {
-            (_, true) => tracing::info!(id = config.id, %addr, "node restarted on its files"),
+            (_, true) => {
+                tracing::info!(id = config.id, %addr, "node restarted on its files");
+                node.record_own_address().await?;
+            }
             (None, false) => {
                 let members = BTreeMap::from([(config.id, NodeAddr { addr: addr.clone() })]);
                 raft.initialize(members)
@@ -323,6 +339,49 @@ impl Node {
             }
         }
         Ok(node)
+    }
+
+    /// A node alone in its cluster whose membership records another address than the one it
+    /// serves on (restored from a backup, or restarted elsewhere) records its own, once it
+    /// leads: nodes that join later are sent to the recorded address.
+    async fn record_own_address(&self) -> Result<()> {
+        let (id, addr) = (self.inner.id, self.inner.addr.clone());
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Error::Unavailable(format!("recording this node's address {addr}: {e}"))
+        };
+        // The state Raft loaded (its metrics may not show it yet).
+        let recorded = self
+            .inner
+            .raft
+            .with_raft_state(move |st| {
+                let membership = st.membership_state.effective().membership();
+                let alone = membership.nodes().all(|(n, _)| *n == id);
+                membership
+                    .get_node(&id)
+                    .filter(|_| alone)
+                    .map(|n| n.addr.clone())
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if recorded.as_ref().is_none_or(|r| *r == addr) {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .wait(Some(self.inner.config.request_timeout))
+            .current_leader(id, "leading alone")
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.inner
+            .raft
+            .change_membership(
+                ChangeMembers::SetNodes(BTreeMap::from([(id, NodeAddr { addr: addr.clone() })])),
+                false,
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        tracing::info!(id, %addr, was = ?recorded, "recorded this node's address");
+        Ok(())
     }
 
     async fn join_through(&self, seed: &str) -> Result<()> {
@@ -659,6 +718,22 @@ impl Node {
                     .await
                     .map(ClientReply::Hibernation)
             }
+            ClientRequest::BackupBegin => {
+                self.linearize(Consistency::Linearizable).await?;
+                self.backup_begin().await.map(ClientReply::Backup)
+            }
+            ClientRequest::BackupChunk { node, id, offset } => {
+                if node != self.inner.id {
+                    return Ok(self.on_member(node, request).await);
+                }
+                self.backup_chunk(id, offset).await.map(ClientReply::Bytes)
+            }
+            ClientRequest::BackupEnd { node, id } => {
+                if node != self.inner.id {
+                    return Ok(self.on_member(node, request).await);
+                }
+                self.backup_end(id).map(|()| ClientReply::Done)
+            }
             ClientRequest::CheckNode => {
                 let node = self.inner.id;
                 self.exclusive(move |store| store.check())
@@ -695,6 +770,31 @@ impl Node {
                 Err(e) => Err(Error::Unavailable(e.to_string())),
             },
         })
+    }
+
+    /// Passes `request` on to member `node`, for what only that node can answer.
+    async fn on_member(&self, node: u64, request: &ClientRequest) -> Result<ClientReply> {
+        let addr = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow_watched();
+            m.membership_config
+                .membership()
+                .get_node(&node)
+                .map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else {
+            return Err(Error::invalid(format!("node {node} is not a member")));
+        };
+        match self
+            .inner
+            .pool
+            .client_call(&addr, request, self.inner.config.request_timeout)
+            .await
+        {
+            Ok(ClientReply::Error(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     pub(crate) fn applied_index(&self) -> u64 {

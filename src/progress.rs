@@ -41,6 +41,33 @@ impl Progress {
         })
     }
 
+    /// `len` bytes; plain output notes every tenth of the way (see [`Progress::bytes_at`]).
+    pub fn bytes(len: u64) -> Progress {
+        Progress::new(|| {
+            let bar = ProgressBar::new(len);
+            let template = "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed} {msg}";
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style);
+            }
+            bar
+        })
+    }
+
+    /// `done` of `len` bytes of `what` are through.
+    pub fn bytes_at(&self, what: &str, done: u64, len: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None => {
+                let tenths = (done.saturating_mul(10) / len.max(1)).min(10);
+                self.note(format!(
+                    "{what}: {}% of {} KiB",
+                    tenths * 10,
+                    len.div_ceil(1024)
+                ));
+            }
+        }
+    }
+
     /// What is happening now; a plain line only when it changed.
     pub fn note(&self, message: String) {
         match &self.bar {

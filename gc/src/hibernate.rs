@@ -344,7 +344,9 @@ pub fn janitor(seen: &[Seen], now_ms: u64) -> Vec<Repair> {
         let fits = |r: &HibernationRecord| match s.state {
             BucketState::Pausing => (r.kind, r.phase) == (OpKind::Pause, Phase::Running),
             BucketState::Resuming => (r.kind, r.phase) == (OpKind::Resume, Phase::Running),
-            BucketState::Paused => r.phase != Phase::Running && r.end_state() == BucketState::Paused,
+            BucketState::Paused => {
+                r.phase != Phase::Running && r.end_state() == BucketState::Paused
+            }
             BucketState::Active => true,
         };
         match (s.state, &s.record) {
@@ -560,7 +562,11 @@ mod tests {
         // reported, not repaired: rolling back a resume as if it were a pause would make the
         // paused (dropped) bucket `Active` and empty.
         for (i, bucket, problem) in [
-            (5, "h", "bucket is pausing and its record is a resume running"),
+            (
+                5,
+                "h",
+                "bucket is pausing and its record is a resume running",
+            ),
             (6, "i", "bucket is resuming and its record is a pause done"),
         ] {
             assert_eq!(

@@ -3,6 +3,8 @@
 //! - [`types`]: the openraft type configuration, [`Command`] and [`Response`].
 //! - [`LogStore`]: the Raft log on redb (`raft-log.redb`), one fsync per batch of entries.
 //! - [`StateMachine`]: `metakv-store` applied from the log; snapshots in the archive format.
+//! - [`restore`]: a new node's files from a backup, so a restored cluster goes on from the
+//!   backup's log index.
 //!
 //! This crate depends on `metakv-store` only; it knows nothing of GC or hibernation.
 #![forbid(unsafe_code)]
@@ -10,6 +12,7 @@
 mod blocking;
 mod log_store;
 pub mod network;
+pub mod restore;
 pub mod server;
 mod state_machine;
 pub mod types;

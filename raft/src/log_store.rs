@@ -36,7 +36,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use metakv_store::codec;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -130,6 +132,38 @@ impl LogStore {
     /// (openraft hands clones to replication tasks that can outlive `Raft::shutdown` briefly).
     pub fn closed(&self) -> LogClosed {
         LogClosed(Arc::downgrade(&self.db))
+    }
+
+    /// Makes this new, empty log begin after `last`, as if every entry up to it had been
+    /// applied and purged, with `vote` as the node's vote: the log of a node restored from a
+    /// backup taken at `last` (see [`crate::restore`]). One durable transaction. Refuses a
+    /// log that holds entries or a vote.
+    pub fn start_after(&self, last: LogId, vote: Vote) -> io::Result<()> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| other("reading the log", e))?;
+        let used = txn
+            .open_table(LOG)
+            .and_then(|t| Ok(t.len()? > 0))
+            .map_err(|e| other("reading the log", e))?
+            || LogStore::meta::<Vote>(&self.db, VOTE)?.is_some()
+            || LogStore::meta::<LogId>(&self.db, LAST_PURGED)?.is_some();
+        drop(txn);
+        if used {
+            return Err(other(
+                "starting after a backup",
+                "the log is not new (it holds entries or a vote)",
+            ));
+        }
+        let (purged, vote, committed) = (seal(&last), seal(&vote), seal(&Some(last)));
+        LogStore::write(&self.db, true, |txn| {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(LAST_PURGED, purged.as_slice())?;
+            meta.insert(VOTE, vote.as_slice())?;
+            meta.insert(COMMITTED, committed.as_slice())?;
+            Ok(())
+        })
     }
 
     fn meta<T: Serialize + DeserializeOwned>(db: &Database, key: &str) -> io::Result<Option<T>> {

@@ -34,7 +34,7 @@ pub type SharedStore = Arc<RwLock<Store>>;
 /// Store meta names the Raft layer keeps.
 pub const META_APPLIED: &str = "raft.applied";
 pub const META_MEMBERSHIP: &str = "raft.membership";
-const META_FORMAT: u8 = 1;
+pub(crate) const META_FORMAT: u8 = 1;
 const CURRENT: &str = "current.meta";
 
 /// A snapshot as a file: opened once, so replacing the current snapshot while this one is
@@ -88,10 +88,18 @@ impl StateMachine {
     }
 
     /// The last applied log id and membership as `view` sees them.
-    fn applied(view: &ReadView) -> io::Result<(Option<LogId>, StoredMembership)> {
+    pub(crate) fn applied(view: &ReadView) -> io::Result<(Option<LogId>, StoredMembership)> {
         StateMachine::decode_applied(|name| {
             view.meta(name)
                 .map_err(|e| other("reading applied state", e))
+        })
+    }
+
+    /// The last applied log id and membership an archive of the whole store (a snapshot or a
+    /// backup) was taken at, from its header's meta.
+    pub fn applied_in(meta: &[(String, Vec<u8>)]) -> io::Result<(Option<LogId>, StoredMembership)> {
+        StateMachine::decode_applied(|name| {
+            Ok(meta.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
         })
     }
 
@@ -124,7 +132,7 @@ impl StateMachine {
     }
 
     /// Names `file` (already in `dir`, fsynced) as the current snapshot and removes the others.
-    fn set_current(dir: &Path, meta: &SnapshotMeta, file: &str) -> io::Result<()> {
+    pub(crate) fn set_current(dir: &Path, meta: &SnapshotMeta, file: &str) -> io::Result<()> {
         let sidecar = codec::seal(
             META_FORMAT,
             &Current {
@@ -145,13 +153,13 @@ impl StateMachine {
     }
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
 
-fn snapshot_name(log_id: &Option<LogId>) -> String {
+pub(crate) fn snapshot_name(log_id: &Option<LogId>) -> String {
     match log_id {
         Some(l) => format!("snapshot-{}-{}.mkva", l.leader_id.term, l.index),
         None => "snapshot-0-0.mkva".to_owned(),
@@ -166,27 +174,49 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     ) -> io::Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>> {
         let (store, dir) = (Arc::clone(&self.store), self.dir.clone());
         blocking(move || {
-            let store = read_store(&store);
-            // IMPORTANT: openraft purges the log up to a snapshot; everything the snapshot holds
-            // must be durable in the store first, or a crash would lose entries no log holds.
-            store.sync().map_err(|e| other("syncing before a snapshot", e))?;
-            // IMPORTANT: the meta comes from the same view as the data. Entries keep being
-            // applied while a snapshot is built; a meta read from a later view would claim
-            // entries the data does not hold, and a node installing it would skip them.
-            let view = store.read().map_err(|e| other("reading for a snapshot", e))?;
-            let (last_log_id, last_membership) = StateMachine::applied(&view)?;
-            let meta = SnapshotMeta { last_log_id, last_membership };
-            let name = snapshot_name(&meta.last_log_id);
-            let tmp = dir.join(format!("{name}.tmp"));
-            let out = BufWriter::new(File::create(&tmp)?);
-            let (summary, out) = view.export(Scope::Store, out, |_| {}).map_err(|e| other("exporting", e))?;
-            out.into_inner().map_err(|e| other("writing a snapshot", e.error()))?.sync_all()?;
-            std::fs::rename(&tmp, dir.join(&name))?;
-            StateMachine::set_current(&dir, &meta, &name)?;
-            tracing::info!(snapshot = %name, records = summary.records, bytes = summary.bytes, "snapshot built");
-            Ok(openraft::Snapshot { meta, snapshot: SnapshotFile::open(&dir.join(&name))? })
+            let (meta, path) = StateMachine::snapshot_now(&read_store(&store), &dir)?;
+            Ok(openraft::Snapshot {
+                meta,
+                snapshot: SnapshotFile::open(&path)?,
+            })
         })
         .await
+    }
+}
+
+impl StateMachine {
+    /// Writes a snapshot of `store` as it is now into `dir` and makes it the current one;
+    /// returns its meta and its file.
+    pub(crate) fn snapshot_now(store: &Store, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
+        // IMPORTANT: openraft purges the log up to a snapshot; everything the snapshot holds
+        // must be durable in the store first, or a crash would lose entries no log holds.
+        store
+            .sync()
+            .map_err(|e| other("syncing before a snapshot", e))?;
+        // IMPORTANT: the meta comes from the same view as the data. Entries keep being
+        // applied while a snapshot is built; a meta read from a later view would claim
+        // entries the data does not hold, and a node installing it would skip them.
+        let view = store
+            .read()
+            .map_err(|e| other("reading for a snapshot", e))?;
+        let (last_log_id, last_membership) = StateMachine::applied(&view)?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        let name = snapshot_name(&meta.last_log_id);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let out = BufWriter::new(File::create(&tmp)?);
+        let (summary, out) = view
+            .export(Scope::Store, out, |_| {})
+            .map_err(|e| other("exporting", e))?;
+        out.into_inner()
+            .map_err(|e| other("writing a snapshot", e.error()))?
+            .sync_all()?;
+        std::fs::rename(&tmp, dir.join(&name))?;
+        StateMachine::set_current(dir, &meta, &name)?;
+        tracing::info!(snapshot = %name, records = summary.records, bytes = summary.bytes, "snapshot built");
+        Ok((meta, dir.join(name)))
     }
 }
 
@@ -286,9 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // would add rows a source that had applied nothing does not have.
             let header = ArchiveReader::open(BufReader::new(File::open(&tmp)?))
                 .map_err(|e| other("reading a snapshot's header", e))?;
-            let (applied, membership) = StateMachine::decode_applied(|name| {
-                Ok(header.meta().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
-            })?;
+            let (applied, membership) = StateMachine::applied_in(header.meta())?;
             if applied != meta.last_log_id || membership != meta.last_membership {
                 return Err(other(
                     "installing a snapshot",

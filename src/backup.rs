@@ -274,7 +274,7 @@ pub(crate) async fn pull(
     mut on_bytes: impl FnMut(u64),
 ) -> Result<()> {
     let io =
-        |doing: &str, e: std::io::Error| Error::Storage(format!("{doing} {}: {e}", path.display()));
+        |doing: &str, e: std::io::Error| Error::Archive(format!("{doing} {}: {e}", path.display()));
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);

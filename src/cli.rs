@@ -130,10 +130,14 @@ pub enum ClientCmd {
     /// Writes a backup of the whole store to FILE: taken on the leader, consistent as of a
     /// moment after every write acknowledged before the command, checked whole (size, crc,
     /// every frame) and made durable before FILE appears.
-    Backup { file: std::path::PathBuf },
+    Backup {
+        /// Where the backup goes (written as FILE.partial until it is whole).
+        file: std::path::PathBuf,
+    },
     /// Makes a new node's data dir from a backup, offline: start it with `serve`, then add
     /// nodes with `serve --join`. Records keep their revisions, and new writes get higher ones.
     Restore {
+        /// A backup written by `metakv backup`.
         file: std::path::PathBuf,
         /// The new node's data dir (created; it must hold no node files).
         #[arg(long, default_value = "metakv-data")]

@@ -26,8 +26,9 @@ pub enum Error {
     /// The request or reply did not make sense (a version mismatch, a bug).
     #[error("protocol: {0}")]
     Protocol(String),
-    /// A hibernation archive could not be used: unreachable, missing, corrupt, of another
-    /// format, or no room for it. The bucket is left as it was (or rolled back).
+    /// A hibernation archive or a backup file could not be used: unreachable, missing,
+    /// corrupt, of another format, or no room for it. The bucket is left as it was (or rolled
+    /// back); a backup leaves no file.
     #[error("archive: {0}")]
     Archive(String),
 }

@@ -230,8 +230,17 @@ pub fn restore(
         len,
         progress: &progress,
     };
-    let restored = metakv_raft::restore::restore_node(dir, reading, id, advertise)
-        .map_err(|e| fail(format!("{} from {}: {e}", dir.display(), file.display())))?;
+    let restored =
+        metakv_raft::restore::restore_node(dir, reading, id, advertise).map_err(|e| {
+            Fail(
+                1,
+                format!(
+                    "{e} (backup {}, data dir {})",
+                    file.display(),
+                    dir.display()
+                ),
+            )
+        })?;
     progress.finish();
     let start = restored.start.map_or(0, |l| l.index);
     if json_out {

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Smaller transfers show no plain progress lines: they end before anyone reads them.
+pub const PLAIN_BYTES_MIN: u64 = 8 << 20;
+
 pub struct Progress {
     bar: Option<ProgressBar>,
     last: Mutex<String>,
@@ -41,7 +44,8 @@ impl Progress {
         })
     }
 
-    /// `len` bytes; plain output notes every tenth of the way (see [`Progress::bytes_at`]).
+    /// `len` bytes; plain output notes every tenth of the way of a transfer of at least
+    /// [`PLAIN_BYTES_MIN`] (see [`Progress::bytes_at`]).
     pub fn bytes(len: u64) -> Progress {
         Progress::new(|| {
             let bar = ProgressBar::new(len);
@@ -57,6 +61,7 @@ impl Progress {
     pub fn bytes_at(&self, what: &str, done: u64, len: u64) {
         match &self.bar {
             Some(bar) => bar.set_position(done),
+            None if len < PLAIN_BYTES_MIN => {}
             None => {
                 let tenths = (done.saturating_mul(10) / len.max(1)).min(10);
                 self.note(format!(

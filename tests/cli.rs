@@ -548,3 +548,115 @@ fn bucket_pause_resume_and_status() {
     );
     assert_eq!(status["hibernation"]["last"]["phase"], "done");
 }
+
+#[test]
+fn backup_then_restore_into_a_fresh_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap();
+    let n1 = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let n2 = common::serve(dir.path(), 2, "127.0.0.1:0", Some(&n1.addr));
+    let n3 = common::serve(dir.path(), 3, "127.0.0.1:0", Some(&n1.addr));
+    assert_eq!(cli(&n2.addr, &["bucket", "create", "users"]).0, 0);
+    for i in 0..30 {
+        let (code, _, err) = cli(&n2.addr, &["put", "users", &format!("u{i:02}"), "v"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    for i in 0..10 {
+        assert_eq!(cli(&n2.addr, &["del", "users", &format!("u{i:02}")]).0, 0);
+    }
+    let (_, before, _) = cli(&n3.addr, &["--json", "get", "users", "u15"]);
+    let (_, listed, _) = cli(&n3.addr, &["--json", "ls", "users", "--tombstones"]);
+    assert_eq!(listed.lines().count(), 30);
+
+    // Through a follower; the file appears only once it is whole.
+    let file = dir.path().join("users.backup");
+    let (code, out, err) = cli(&n3.addr, &["--json", "backup", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let info = json(&out);
+    assert_eq!(
+        info["bytes"].as_u64(),
+        Some(std::fs::metadata(&file).unwrap().len())
+    );
+    assert_eq!(info["buckets"], 2, "users and _sys: {out}");
+    assert!(info["records"].as_u64().unwrap() >= 30, "{out}");
+    let log_index = info["log_index"].as_u64().unwrap();
+    assert!(log_index >= info["rev"].as_u64().unwrap(), "{out}");
+    drop((n1, n2, n3));
+
+    // A new cluster: node 1 from the backup, 2 and 3 join it.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let data1 = fresh.join("node1");
+    let restore = |target: &std::path::Path, backup: &std::path::Path| {
+        let out = metakv()
+            .args(["--json", "restore"])
+            .arg(backup)
+            .arg("--data-dir")
+            .arg(target)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, out, err) = restore(&data1, &file);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["log_index"].as_u64(), Some(log_index), "{out}");
+    assert_eq!(json(&out)["records"], info["records"]);
+    // Again into the same dir: refused in one line, nothing touched.
+    let (code, _, err) = restore(&data1, &file);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("already holds") && err.lines().count() == 1,
+        "{err}"
+    );
+    // A damaged backup: refused, and the dir is left empty.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let cut = bytes.len() - 3;
+    bytes.truncate(cut);
+    let damaged = dir.path().join("damaged.backup");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (code, _, err) = restore(&fresh.join("damaged"), &damaged);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("truncated") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(fresh.join("damaged")).unwrap().count(),
+        0,
+        "a refused restore leaves nothing"
+    );
+    let (code, _, err) = restore(&fresh.join("other"), &dir.path().join("missing.backup"));
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.backup"), "{err}");
+
+    let m1 = common::serve(&fresh, 1, "127.0.0.1:0", None);
+    let m2 = common::serve(&fresh, 2, "127.0.0.1:0", Some(&m1.addr));
+    let m3 = common::serve(&fresh, 3, "127.0.0.1:0", Some(&m1.addr));
+    assert_eq!(cli(&m3.addr, &["--json", "get", "users", "u15"]).1, before);
+    assert_eq!(
+        cli(&m2.addr, &["--json", "ls", "users", "--tombstones"]).1,
+        listed
+    );
+    let (code, out, err) = cli(&m2.addr, &["--json", "put", "users", "new", "v"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        json(&out)["rev"].as_u64().unwrap() > log_index,
+        "revisions go on: {out}"
+    );
+    let (_, out, _) = cli(&m1.addr, &["--json", "cluster", "status"]);
+    let status = json(&out);
+    let mut addrs: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["addr"].as_str().unwrap())
+        .collect();
+    addrs.sort();
+    let mut want = vec![m1.addr.as_str(), m2.addr.as_str(), m3.addr.as_str()];
+    want.sort();
+    assert_eq!(addrs, want, "{out}");
+}

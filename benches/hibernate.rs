@@ -1,9 +1,11 @@
-//! Pause and resume of one bucket on a 3-node cluster in this process (real redb files, real
-//! TCP on 127.0.0.1): load N records (default 100,000; 16-byte keys, 256-byte values), pause
-//! the bucket to a local archive directory, resume it, and report records/s and MB/s each way.
+//! Pause and resume of one bucket, then a backup and a restore of the whole store, on a 3-node
+//! cluster in this process (real redb files, real TCP on 127.0.0.1): load N records (default
+//! 100,000; 16-byte keys, 256-byte values), pause the bucket to a local archive directory,
+//! resume it, take a backup through a client, restore it into a new node's data dir, and
+//! report records/s and MB/s of each.
 //!
-//! The baseline, measured in the same run on the same disk: a plain copy of the archive's
-//! bytes (read the file, write a new one, fsync it), which is the least a pause or a resume
+//! The baselines, measured in the same run on the same disk: a plain copy of the archive's (and
+//! the backup's) bytes (read the file, write a new one, fsync it), which is the least each step
 //! must move.
 //!
 //! `cargo bench --bench hibernate -- 100000`
@@ -54,17 +56,31 @@ async fn run(n: usize) {
     let file = archive.join(&record.objects).join("archive.mkva");
 
     // The baseline: the same bytes copied and made durable.
-    let copy_to = dir.path().join("copy.mkva");
-    let t = Instant::now();
-    std::fs::copy(&file, &copy_to).unwrap();
-    std::fs::File::open(&copy_to).unwrap().sync_all().unwrap();
-    let copy = t.elapsed();
+    let copy = copy_durably(&file, &dir.path().join("copy.mkva"));
 
     let t = Instant::now();
     leader.resume_bucket("users", None).await.unwrap();
     let resume = t.elapsed();
     let info = leader.bucket("users").await.unwrap();
     assert_eq!(info.records, n as u64, "every record is back");
+
+    // A backup of the whole store through a client over TCP, and an offline restore of it.
+    let client = metakv::Client::new(vec![leader.addr().to_owned()], "metakv");
+    let backup_file = dir.path().join("store.backup");
+    let t = Instant::now();
+    let backup = client.backup(&backup_file, |_, _| {}).await.unwrap();
+    let backup_time = t.elapsed();
+    let backup_copy = copy_durably(&backup_file, &dir.path().join("copy.backup"));
+    let (restore_dir, from) = (dir.path().join("restored"), backup_file.clone());
+    let t = Instant::now();
+    let restored = tokio::task::spawn_blocking(move || {
+        let input = std::io::BufReader::new(std::fs::File::open(from).unwrap());
+        metakv_raft::restore::restore_node(&restore_dir, input, 1, "127.0.0.1:7379").unwrap()
+    })
+    .await
+    .unwrap();
+    let restore_time = t.elapsed();
+    assert_eq!(restored.records, backup.records);
 
     let bytes = manifest.bytes;
     let mb = |d: Duration| rate(bytes, d) / 1e6;
@@ -89,7 +105,35 @@ async fn run(n: usize) {
             d.as_secs_f64() / copy.as_secs_f64()
         );
     }
+    println!(
+        "backup: {} records, {:.1} MB",
+        backup.records,
+        backup.bytes as f64 / 1e6
+    );
+    println!("| step | time | records/s | MB/s | time vs file copy |");
+    println!("|---|---|---|---|---|");
+    for (name, d) in [
+        ("file copy (baseline)", backup_copy),
+        ("backup", backup_time),
+        ("restore", restore_time),
+    ] {
+        println!(
+            "| {name} | {:.0} ms | {:.0} | {:.1} | {:.1}x |",
+            d.as_secs_f64() * 1e3,
+            rate(backup.records, d),
+            rate(backup.bytes, d) / 1e6,
+            d.as_secs_f64() / backup_copy.as_secs_f64()
+        );
+    }
     for node in nodes {
         node.shutdown().await;
     }
+}
+
+/// Copies `from` to `to` and fsyncs the copy; how long it took.
+fn copy_durably(from: &std::path::Path, to: &std::path::Path) -> Duration {
+    let t = Instant::now();
+    std::fs::copy(from, to).unwrap();
+    std::fs::File::open(to).unwrap().sync_all().unwrap();
+    t.elapsed()
 }

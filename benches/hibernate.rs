@@ -83,50 +83,46 @@ async fn run(n: usize) {
     assert_eq!(restored.records, backup.records);
 
     let bytes = manifest.bytes;
-    let mb = |d: Duration| rate(bytes, d) / 1e6;
     println!(
         "archive: {} records, {:.1} MB in {} chunks",
         manifest.records,
         bytes as f64 / 1e6,
         manifest.chunks.len()
     );
-    println!("| step | time | records/s | MB/s | time vs file copy |");
-    println!("|---|---|---|---|---|");
-    for (name, d) in [
-        ("file copy (baseline)", copy),
-        ("pause", pause),
-        ("resume", resume),
-    ] {
-        println!(
-            "| {name} | {:.0} ms | {:.0} | {:.1} | {:.1}x |",
-            d.as_secs_f64() * 1e3,
-            rate(manifest.records, d),
-            mb(d),
-            d.as_secs_f64() / copy.as_secs_f64()
-        );
-    }
+    table(
+        manifest.records,
+        bytes,
+        [("pause", pause), ("resume", resume)],
+        copy,
+    );
     println!(
         "backup: {} records, {:.1} MB",
         backup.records,
         backup.bytes as f64 / 1e6
     );
+    table(
+        backup.records,
+        backup.bytes,
+        [("backup", backup_time), ("restore", restore_time)],
+        backup_copy,
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// A markdown table of `steps` that moved `records` in `bytes`, against the file copy `copy`.
+fn table(records: u64, bytes: u64, steps: [(&str, Duration); 2], copy: Duration) {
     println!("| step | time | records/s | MB/s | time vs file copy |");
     println!("|---|---|---|---|---|");
-    for (name, d) in [
-        ("file copy (baseline)", backup_copy),
-        ("backup", backup_time),
-        ("restore", restore_time),
-    ] {
+    for (name, d) in [("file copy (baseline)", copy)].into_iter().chain(steps) {
         println!(
             "| {name} | {:.0} ms | {:.0} | {:.1} | {:.1}x |",
             d.as_secs_f64() * 1e3,
-            rate(backup.records, d),
-            rate(backup.bytes, d) / 1e6,
-            d.as_secs_f64() / backup_copy.as_secs_f64()
+            rate(records, d),
+            rate(bytes, d) / 1e6,
+            d.as_secs_f64() / copy.as_secs_f64()
         );
-    }
-    for node in nodes {
-        node.shutdown().await;
     }
 }
 

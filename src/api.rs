@@ -251,10 +251,10 @@ pub enum ClientReply {
     Checked(NodeCheck),
     OpStarted(OpId),
     Hibernation(HibernationStatus),
-    Backup(BackupInfo),
-    Bytes(Vec<u8>),
     Done,
     Error(Error),
+    Backup(BackupInfo),
+    Bytes(Vec<u8>),
 }
 
 pub(crate) fn applied(response: Response) -> Result<Applied> {

@@ -36,6 +36,8 @@ use crate::api::{ClientReply, ClientRequest, Kv};
 use crate::error::{Error, Result};
 use crate::node::{Node, now_ms};
 
+/// Where a node keeps the backups it holds, in its data dir.
+pub(crate) const DIR: &str = "backups";
 /// Bytes per `BackupChunk` reply.
 pub const CHUNK_BYTES: u64 = 1 << 20;
 /// Backups a node holds at once.
@@ -145,17 +147,27 @@ impl<W: Write> Write for Summing<W> {
 impl Node {
     /// Takes a backup of this node's copy (the caller has made it current) and holds it.
     pub(crate) async fn backup_begin(&self) -> Result<BackupInfo> {
-        let backups = &self.inner.backups;
+        let (backups, node) = (&self.inner.backups, self.inner.id);
         backups.sweep();
-        if backups.lock().len() >= OPEN_MAX {
-            return Err(Error::Busy(format!(
-                "node {} holds {OPEN_MAX} backups already; wait for one to end",
-                self.inner.id
-            )));
-        }
-        let (node, id) = (self.inner.id, backups.next.fetch_add(1, Ordering::Relaxed));
-        let (dir, path) = (backups.dir.clone(), backups.dir.join(format!("{id}.mkva")));
-        let file = path.clone();
+        // The slot is taken before the export, so concurrent requests cannot pass the limit.
+        let (id, path) = {
+            let mut open = backups.lock();
+            if open.len() >= OPEN_MAX {
+                return Err(Error::Busy(format!(
+                    "node {node} holds {OPEN_MAX} backups already; wait for one to end"
+                )));
+            }
+            let id = backups.next.fetch_add(1, Ordering::Relaxed);
+            let path = backups.dir.join(format!("{id}.mkva"));
+            let held = Held {
+                path: path.clone(),
+                bytes: 0,
+                touched: Instant::now(),
+            };
+            open.insert(id, held);
+            (id, path)
+        };
+        let (dir, file) = (backups.dir.clone(), path);
         let taken = self
             .local(move |store| {
                 let io = |e: std::io::Error| metakv_store::Error::Io {
@@ -170,7 +182,7 @@ impl Node {
                     bytes: 0,
                 };
                 let (summary, out) = view.export(Scope::Store, out, |_| {})?;
-                let applied = view.meta(metakv_raft::META_APPLIED)?;
+                let (applied, _) = StateMachine::applied(&view).map_err(io)?;
                 let (bytes, crc) = (out.bytes, out.crc.finalize());
                 out.out
                     .into_inner()
@@ -183,24 +195,19 @@ impl Node {
         let (summary, applied, bytes, crc32) = match taken {
             Ok(t) => t,
             Err(e) => {
-                std::fs::remove_file(&path).ok();
+                backups.remove(id);
                 return Err(e);
             }
         };
-        let applied = applied
-            .map(|b| StateMachine::applied_in(&[(metakv_raft::META_APPLIED.to_owned(), b)]))
-            .transpose()
-            .map_err(|e| Error::Storage(e.to_string()))?
-            .and_then(|(log_id, _)| log_id)
-            .map_or(0, |l| l.index);
-        backups.lock().insert(
-            id,
-            Held {
-                path,
-                bytes,
-                touched: Instant::now(),
-            },
-        );
+        let applied = applied.map_or(0, |l| l.index);
+        match backups.lock().get_mut(&id) {
+            Some(held) => {
+                held.bytes = bytes;
+                held.touched = Instant::now();
+            }
+            // Swept while it was being written (an export longer than `IDLE`).
+            None => return Err(unknown(node, id)),
+        }
         tracing::info!(
             backup = id,
             bytes,
@@ -266,7 +273,9 @@ pub(crate) async fn begin(kv: &impl Kv) -> Result<BackupInfo> {
 }
 
 /// Pulls backup `info` into `path` (through `path.partial`), checks it whole, makes it durable,
-/// and tells the node it may drop its copy. `on_bytes` sees the bytes pulled so far.
+/// and tells the node it may drop its copy (if the node cannot be told, the backup is still
+/// whole; the node drops its copy once it has been idle for [`IDLE`]). `on_bytes` sees the
+/// bytes pulled so far.
 pub(crate) async fn pull(
     kv: &impl Kv,
     info: &BackupInfo,
@@ -335,7 +344,10 @@ pub(crate) async fn pull(
             .and_then(|d| d.sync_all())
             .map_err(|e| io("syncing the directory of", e))?;
     }
-    end(kv, info).await
+    if let Err(e) = end(kv, info).await {
+        tracing::warn!(backup = info.id, node = info.node, error = %e, "cannot release the node's copy of a finished backup");
+    }
+    Ok(())
 }
 
 async fn end(kv: &impl Kv, info: &BackupInfo) -> Result<()> {

@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use metakv::{Client, Kv, NodeCheck, Role};
+use metakv_raft::restore::{LOG_FILE, STATE_FILE};
 use metakv_store::{Config, Store};
 use serde_json::json;
 
 use crate::cli::Fail;
 
 fn open(dir: &Path) -> Result<Store, Fail> {
-    let path = dir.join("state.redb");
+    let path = dir.join(STATE_FILE);
     if !path.exists() {
         return Err(Fail(
             1,
@@ -75,8 +76,8 @@ pub fn compact_offline(dir: &Path, json_out: bool) -> Result<(), Fail> {
     let fail = |e: String| Fail(1, format!("compact: {e}"));
     let mut files = Vec::new();
     let report = open(dir)?.compact().map_err(|e| fail(e.to_string()))?;
-    files.push(("state.redb", report.bytes_before, report.bytes_after));
-    let log = dir.join("raft-log.redb");
+    files.push((STATE_FILE, report.bytes_before, report.bytes_after));
+    let log = dir.join(LOG_FILE);
     if log.exists() {
         let len = |p: &Path| {
             std::fs::metadata(p)
@@ -91,7 +92,7 @@ pub fn compact_offline(dir: &Path, json_out: bool) -> Result<(), Fail> {
             .map_err(|e| fail(format!("compacting {}: {e}", log.display())))?
         {}
         drop(db);
-        files.push(("raft-log.redb", before, len(&log)?));
+        files.push((LOG_FILE, before, len(&log)?));
     }
     if json_out {
         let files: Vec<_> = files

@@ -267,7 +267,7 @@ impl Node {
         let inner = Arc::new(Inner {
             gc,
             hibernation: HibernationState::new(config.hibernation.clone()),
-            backups: crate::backup::Backups::new(config.data_dir.join("backups")),
+            backups: crate::backup::Backups::new(config.data_dir.join(crate::backup::DIR)),
             id: config.id,
             addr: addr.clone(),
             pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
@@ -935,8 +935,8 @@ impl Node {
             committed: m.local_committed.map_or(0, |l| l.index),
             applied: m.last_applied.map_or(0, |l| l.index),
             members,
-            state_file_bytes: size("state.redb"),
-            log_file_bytes: size("raft-log.redb"),
+            state_file_bytes: size(restore::STATE_FILE),
+            log_file_bytes: size(restore::LOG_FILE),
             log_fsyncs: self
                 .inner
                 .log_stats

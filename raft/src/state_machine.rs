@@ -88,7 +88,7 @@ impl StateMachine {
     }
 
     /// The last applied log id and membership as `view` sees them.
-    pub(crate) fn applied(view: &ReadView) -> io::Result<(Option<LogId>, StoredMembership)> {
+    pub fn applied(view: &ReadView) -> io::Result<(Option<LogId>, StoredMembership)> {
         StateMachine::decode_applied(|name| {
             view.meta(name)
                 .map_err(|e| other("reading applied state", e))

@@ -62,6 +62,19 @@ fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `bucket status --json`: (state, records, tombstones), and the whole object.
+fn bucket_counts(addr: &str, bucket: &str) -> ((String, u64, u64), serde_json::Value) {
+    let (code, out, err) = cli(addr, &["--json", "bucket", "status", bucket]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let counts = (
+        s["state"].as_str().unwrap_or_default().to_owned(),
+        s["records"].as_u64().unwrap(),
+        s["tombstones"].as_u64().unwrap(),
+    );
+    (counts, s)
+}
+
 #[test]
 fn client_commands_against_a_real_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,17 +156,7 @@ fn client_commands_against_a_real_node() {
     );
     assert_eq!(cli(addr, &["--json", "ls", "users"]).1.lines().count(), 1);
 
-    let (code, out, _) = cli(addr, &["--json", "bucket", "status", "users"]);
-    assert_eq!(code, 0);
-    let s = json(&out);
-    assert_eq!(
-        (
-            s["state"].as_str(),
-            s["records"].as_u64(),
-            s["tombstones"].as_u64()
-        ),
-        (Some("active"), Some(1), Some(1))
-    );
+    assert_eq!(bucket_counts(addr, "users").0, ("active".to_owned(), 1, 1));
     let (code, out, _) = cli(addr, &["--json", "cluster", "status"]);
     assert_eq!(code, 0);
     let s = json(&out);
@@ -536,16 +539,8 @@ fn bucket_pause_resume_and_status() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("users resumed"), "{out}");
     assert_eq!(cli(addr, &["--json", "get", "users", "u7"]).1, before);
-    let (_, out, _) = cli(addr, &["--json", "bucket", "status", "users"]);
-    let status = json(&out);
-    assert_eq!(
-        (
-            status["state"].as_str(),
-            status["records"].as_u64(),
-            status["tombstones"].as_u64()
-        ),
-        (Some("active"), Some(49), Some(1))
-    );
+    let (counts, status) = bucket_counts(addr, "users");
+    assert_eq!(counts, ("active".to_owned(), 49, 1));
     assert_eq!(status["hibernation"]["last"]["phase"], "done");
 }
 

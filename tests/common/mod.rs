@@ -238,3 +238,61 @@ pub async fn local_records(node: &Node, bucket: &str) -> Vec<(Vec<u8>, Record)> 
         }
     }
 }
+
+/// A cluster of `metakv serve` processes: node 1 initializes, the others join through it.
+pub struct ProcCluster {
+    pub procs: Vec<Proc>,
+}
+
+impl ProcCluster {
+    pub fn start(dir: &Path, n: u64) -> ProcCluster {
+        ProcCluster::start_args(dir, n, &[])
+    }
+
+    /// The same, with `extra` arguments to every `serve`.
+    pub fn start_args(dir: &Path, n: u64, extra: &[String]) -> ProcCluster {
+        let args = |id: u64, join: Option<&str>| {
+            let mut a = vec![
+                "--id".to_owned(),
+                id.to_string(),
+                "--listen".to_owned(),
+                "127.0.0.1:0".to_owned(),
+                "--data-dir".to_owned(),
+                dir.join(format!("node{id}")).display().to_string(),
+            ];
+            if let Some(seed) = join {
+                a.extend(["--join".to_owned(), seed.to_owned()]);
+            }
+            a.extend(extra.iter().cloned());
+            a
+        };
+        let mut procs = vec![serve_args(dir, 1, &args(1, None))];
+        let seed = procs[0].addr.clone();
+        for id in 2..=n {
+            procs.push(serve_args(dir, id, &args(id, Some(&seed))));
+        }
+        ProcCluster { procs }
+    }
+
+    /// A client through every node.
+    pub fn client(&self) -> metakv::Client {
+        metakv::Client::new(self.procs.iter().map(|p| p.addr.clone()).collect(), "metakv")
+    }
+
+    /// The index in `procs` of the node that leads, once one does (30 s at most).
+    pub async fn leader(&self) -> usize {
+        for _ in 0..300 {
+            for (i, p) in self.procs.iter().enumerate() {
+                let status = metakv::Client::new(vec![p.addr.clone()], "metakv")
+                    .with_timeout(Duration::from_secs(1))
+                    .status()
+                    .await;
+                if status.is_ok_and(|s| s.role == Role::Leader) {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no node leads after 30 s");
+    }
+}

@@ -1,0 +1,159 @@
+//! With its data dir on a full disk a node's Raft stopped on the first failed write while the
+//! process stayed up: local reads answered "Previous I/O error", every linearizable read
+//! busy-looped for its whole timeout, the process logged a gigabyte a minute, and freeing
+//! space did not bring it back. A node whose files fail now stops: it says why in one line
+//! and `metakv serve` exits 1, requests to a library node that stopped answer at once. Once
+//! space is back, the node restarts on its files and catches up: every write acknowledged by
+//! the cluster is there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{ProcCluster, serve_args};
+use metakv::{Client, Consistency, Expect, Kv};
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .arg("tmpfs")
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system that holds `dir` up to its last `keep` bytes.
+fn fill(dir: &Path, keep: u64) -> PathBuf {
+    let free = {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
+    };
+    let filler = dir.join("filler");
+    let f = std::fs::File::create(&filler).unwrap();
+    f.set_len(0).unwrap();
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(f);
+    let chunk = vec![0u8; 1 << 16];
+    let mut left = free.saturating_sub(keep);
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        if w.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        left -= n as u64;
+    }
+    let _ = w.flush();
+    filler
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_full_disk_stops_once_and_recovers_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("small");
+    let tmpfs = Tmpfs::mount(&mount, 24 << 20);
+    let mut cluster = ProcCluster::start(dir.path(), 2);
+    // Node 3 keeps its files on the small disk.
+    let data3 = mount.join("node3");
+    let args3 = [
+        "--id",
+        "3",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data3.display().to_string(),
+        "--join",
+        &cluster.procs[0].addr,
+    ]
+    .map(str::to_owned);
+    cluster.procs.push(serve_args(dir.path(), 3, &args3));
+    let addr3 = cluster.procs[2].addr.clone();
+    let client = Client::new(vec![cluster.procs[0].addr.clone(), cluster.procs[1].addr.clone()], "metakv");
+    client.create_bucket("b").await.unwrap();
+    let filler = fill(&mount, 256 << 10);
+    let value = vec![7u8; 2048];
+    let mut acked = Vec::new();
+    let mut exited = None;
+    for i in 0..4000u32 {
+        let key = format!("k{i:05}");
+        if client.put("b", key.as_bytes(), &value, Expect::Any).await.is_ok() {
+            acked.push(key);
+        }
+        if let Some(status) = cluster.procs[2].child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+    }
+    // It may take a moment to notice.
+    for _ in 0..100 {
+        if exited.is_some() {
+            break;
+        }
+        exited = cluster.procs[2].child.try_wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("node3.log")).unwrap();
+    let status = exited.unwrap_or_else(|| panic!("node 3 is still up on a full disk; its log:\n{}", &log[log.len().saturating_sub(4000)..]));
+    assert_eq!(status.code(), Some(1), "node 3 exited with {status:?}; its log:\n{log}");
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("stopped after a storage failure")).collect();
+    assert_eq!(said.len(), 1, "node 3 said why {} times:\n{log}", said.len());
+    assert!(log.len() < 64 << 10, "node 3 logged {} bytes", log.len());
+    // The cluster kept serving on two nodes; space comes back, node 3 restarts and catches up.
+    assert!(acked.len() > 100, "only {} writes were acknowledged", acked.len());
+    std::fs::remove_file(&filler).unwrap();
+    let restart = [
+        "--id",
+        "3",
+        "--listen",
+        &addr3,
+        "--data-dir",
+        &data3.display().to_string(),
+    ]
+    .map(str::to_owned);
+    cluster.procs[2] = serve_args(dir.path(), 3, &restart);
+    let three = Client::new(vec![addr3], "metakv");
+    let last = acked.last().unwrap().clone();
+    let mut found = None;
+    for _ in 0..200 {
+        found = three
+            .get_with("b", last.as_bytes(), Consistency::Local, false)
+            .await
+            .ok()
+            .flatten();
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found.is_some(), "node 3 did not catch up after its restart");
+    for key in &acked {
+        let r = three
+            .get_with("b", key.as_bytes(), Consistency::Local, false)
+            .await
+            .unwrap();
+        assert!(r.is_some(), "{key} was acknowledged and node 3 lacks it");
+    }
+    drop(cluster);
+    drop(tmpfs);
+}

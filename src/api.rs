@@ -49,7 +49,8 @@ pub enum ClientRequest {
     },
     /// The bucket's changes after a revision, from this node's copy.
     /// With `wait_ms` > 0 and nothing to report yet, the node waits up to that long for the
-    /// next applied entry (a long poll, what a watch is made of).
+    /// next applied entry (a long poll, what a watch is made of); at most
+    /// [`crate::WATCH_WAIT_MS_MAX`], a longer wait is refused.
     Changes {
         bucket: String,
         prefix: Vec<u8>,

@@ -93,7 +93,7 @@ pub fn run(
         let after = Client::new(vec![leader_addr.clone()], &cluster_id).status().await?;
         all.sort();
         let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
-        println!(
+        outln!(
             "metakv bench: clients={} ops={} value_bytes={} writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} leader_log_entries_per_fsync={:.1}",
             args.clients,
             all.len(),

@@ -150,10 +150,13 @@ pub enum ClientCmd {
         #[arg(long, default_value = "127.0.0.1:7379")]
         advertise: String,
     },
+    /// Members, their roles and progress; add and remove nodes.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Tombstone GC: run a job now (or a dry run), and the status of the last jobs.
     #[command(subcommand)]
     Gc(GcCmd),
+    /// Create, list, drop, pause and resume buckets, and show one's state.
     #[command(subcommand)]
     Bucket(BucketCmd),
     /// Writes VALUE (or --file, or standard input) under KEY.
@@ -170,6 +173,7 @@ pub enum ClientCmd {
         #[arg(long)]
         if_absent: bool,
     },
+    /// Prints KEY's record: a linearizable read through the leader, or --local.
     Get {
         bucket: String,
         key: String,
@@ -177,9 +181,11 @@ pub enum ClientCmd {
         #[arg(long)]
         local: bool,
     },
+    /// Deletes KEY, leaving a tombstone (watchers and compare-and-set see it).
     Del {
         bucket: String,
         key: String,
+        /// Only if the key's current revision is N.
         #[arg(long)]
         if_rev: Option<u64>,
     },
@@ -361,7 +367,7 @@ fn print_job(r: &JobRecord) {
     let took = r.finished_ms.map_or(String::new(), |f| {
         format!(", took {} ms", f.saturating_sub(r.started_ms))
     });
-    println!(
+    outln!(
         "job {}{}  {}  ({:?} on leader {}, min age {} ms{took})",
         r.id,
         if r.dry_run { " (dry run)" } else { "" },
@@ -375,15 +381,19 @@ fn print_job(r: &JobRecord) {
         .iter()
         .map(|(n, c)| format!("node {n}: {c}"))
         .collect();
-    println!("  collected  {}", collected.join(", "));
-    println!(
+    outln!("  collected  {}", collected.join(", "));
+    outln!(
         "  agreed {}  purged {}  skipped by the guard {}",
-        r.agreed, r.purged, r.skipped
+        r.agreed,
+        r.purged,
+        r.skipped
     );
     for c in &r.compactions {
-        println!(
+        outln!(
             "  node {} state file {} B -> {} B",
-            c.node, c.bytes_before, c.bytes_after
+            c.node,
+            c.bytes_before,
+            c.bytes_after
         );
     }
     if !r.phases.is_empty() {
@@ -392,10 +402,10 @@ fn print_job(r: &JobRecord) {
             .iter()
             .map(|p| format!("{} {} ms", p.phase, p.ms))
             .collect();
-        println!("  phases  {}", phases.join(", "));
+        outln!("  phases  {}", phases.join(", "));
     }
     for t in &r.sample {
-        println!(
+        outln!(
             "  would purge {}/{} @{}",
             t.bucket,
             String::from_utf8_lossy(&t.key),
@@ -430,9 +440,9 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
             let job = client.gc_run(dry_run, min_age).await?;
             if no_wait {
                 if json {
-                    println!("{}", json!({"job": job.to_string()}));
+                    outln!("{}", json!({"job": job.to_string()}));
                 } else {
-                    println!("job {job} started");
+                    outln!("job {job} started");
                 }
                 return Ok(());
             }
@@ -457,7 +467,7 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
             };
             progress.finish();
             if json {
-                println!("{}", job_json(&record));
+                outln!("{}", job_json(&record));
             } else {
                 print_job(&record);
             }
@@ -473,17 +483,20 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                            "purged": p.purged})
                 });
                 let jobs: Vec<Value> = status.jobs.iter().map(job_json).collect();
-                println!("{}", json!({"running": running, "jobs": jobs}));
+                outln!("{}", json!({"running": running, "jobs": jobs}));
             } else {
                 match &status.running {
-                    Some(p) => println!(
+                    Some(p) => outln!(
                         "running: job {} in {}, agreed {}, purged {}",
-                        p.job, p.phase, p.agreed, p.purged
+                        p.job,
+                        p.phase,
+                        p.agreed,
+                        p.purged
                     ),
-                    None => println!("no job running"),
+                    None => outln!("no job running"),
                 }
                 if status.jobs.is_empty() {
-                    println!("no job has run yet");
+                    outln!("no job has run yet");
                 }
                 for r in &status.jobs {
                     print_job(r);
@@ -501,22 +514,23 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                         Err(e) => json!({"id": n.member.id, "addr": n.member.addr, "role": "unreachable", "error": e}),
                     })
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     json!({"leader": cs.leader, "term": cs.term, "nodes": nodes})
                 );
             } else {
-                println!(
+                outln!(
                     "leader {}  term {}",
                     cs.leader.map_or("none".into(), |l| l.to_string()),
                     cs.term
                 );
                 for n in &cs.nodes {
                     match &n.status {
-                        Ok(s) => println!("{}", status_line(s)),
-                        Err(e) => println!(
+                        Ok(s) => outln!("{}", status_line(s)),
+                        Err(e) => outln!(
                             "{:>4}  {:<21}  unreachable: {e}",
-                            n.member.id, n.member.addr
+                            n.member.id,
+                            n.member.addr
                         ),
                     }
                 }
@@ -530,10 +544,10 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                     .iter()
                     .map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter}))
                     .collect();
-                println!("{}", json!({"members": members}));
+                outln!("{}", json!({"members": members}));
             } else {
                 for m in &s.members {
-                    println!(
+                    outln!(
                         "{:>4}  {:<21}  {}",
                         m.id,
                         m.addr,
@@ -545,33 +559,33 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
         ClientCmd::Cluster(ClusterCmd::AddNode { id, addr }) => {
             client.add_node(id, &addr).await?;
             if json {
-                println!("{}", json!({"added": id}))
+                outln!("{}", json!({"added": id}))
             } else {
-                println!("node {id} at {addr} is a voter")
+                outln!("node {id} at {addr} is a voter")
             }
         }
         ClientCmd::Cluster(ClusterCmd::RemoveNode { id }) => {
             client.remove_node(id).await?;
             if json {
-                println!("{}", json!({"removed": id}))
+                outln!("{}", json!({"removed": id}))
             } else {
-                println!("node {id} removed")
+                outln!("node {id} removed")
             }
         }
         ClientCmd::Bucket(BucketCmd::Create { name }) => {
             client.create_bucket(&name).await?;
             if json {
-                println!("{}", json!({"bucket": name}))
+                outln!("{}", json!({"bucket": name}))
             } else {
-                println!("bucket {name} created")
+                outln!("bucket {name} created")
             }
         }
         ClientCmd::Bucket(BucketCmd::Drop { name }) => {
             client.drop_bucket(&name).await?;
             if json {
-                println!("{}", json!({"bucket": name, "dropped": true}))
+                outln!("{}", json!({"bucket": name, "dropped": true}))
             } else {
-                println!("bucket {name} dropped")
+                outln!("bucket {name} dropped")
             }
         }
         ClientCmd::Bucket(BucketCmd::List) => {
@@ -580,12 +594,12 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                     continue;
                 }
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones})
                     );
                 } else {
-                    println!(
+                    outln!(
                         "{name:<32} {:<9} {:>10} records {:>10} tombstones",
                         info.state.as_str(),
                         info.records,
@@ -598,12 +612,12 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
             let info = client.bucket(&name).await?;
             let h = client.hibernation(&name).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones, "purge_floor": info.purge_floor, "hibernation": hibernation_json(&h)})
                 );
             } else {
-                println!(
+                outln!(
                     "{name}: {}, {} records, {} tombstones, purge floor {}",
                     info.state.as_str(),
                     info.records,
@@ -611,10 +625,10 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                     info.purge_floor
                 );
                 if let Some(line) = hibernation_line(&h) {
-                    println!("{line}");
+                    outln!("{line}");
                 }
                 if let Some(p) = &h.running {
-                    println!("running: {}", progress_line(&name, p));
+                    outln!("running: {}", progress_line(&name, p));
                 }
             }
         }
@@ -662,9 +676,9 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                 &format!("put {bucket}/{key}"),
             )?;
             if json {
-                println!("{}", json!({"rev": rev}))
+                outln!("{}", json!({"rev": rev}))
             } else {
-                println!("{rev}")
+                outln!("{rev}")
             }
         }
         ClientCmd::Get { bucket, key, local } => {
@@ -678,7 +692,7 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                 .await?
                 .ok_or_else(|| Fail(3, format!("{bucket}/{key}: not found")))?;
             if json {
-                println!("{}", record_json(Some(&bucket), key.as_bytes(), &record));
+                outln!("{}", record_json(Some(&bucket), key.as_bytes(), &record));
             } else {
                 use std::io::Write;
                 let mut out = std::io::stdout();
@@ -699,9 +713,9 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                 &format!("del {bucket}/{key}"),
             )?;
             if json {
-                println!("{}", json!({"rev": rev}))
+                outln!("{}", json!({"rev": rev}))
             } else {
-                println!("{rev}")
+                outln!("{rev}")
             }
         }
         ClientCmd::Ls {
@@ -730,10 +744,10 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                             o.remove("create_rev");
                             o.remove("version");
                         }
-                        println!("{v}");
+                        outln!("{v}");
                     } else {
                         let flag = if r.deleted { " (deleted)" } else { "" };
-                        println!(
+                        outln!(
                             "{}\trev {}{flag}\t{}",
                             String::from_utf8_lossy(key),
                             r.rev,
@@ -765,10 +779,10 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
                                     json!(if record.deleted { "delete" } else { "put" }),
                                 );
                             }
-                            println!("{v}");
+                            outln!("{v}");
                         } else {
                             let kind = if record.deleted { "delete" } else { "put" };
-                            println!(
+                            outln!(
                                 "{} {kind} {} {}",
                                 record.rev,
                                 String::from_utf8_lossy(&key),
@@ -803,9 +817,9 @@ async fn hibernation_finish(
 ) -> Result<(), Fail> {
     if no_wait {
         if json {
-            println!("{}", json!({"bucket": bucket, "op": op.to_string()}));
+            outln!("{}", json!({"bucket": bucket, "op": op.to_string()}));
         } else {
-            println!("{bucket}: op {op} started");
+            outln!("{bucket}: op {op} started");
         }
         return Ok(());
     }
@@ -820,11 +834,11 @@ async fn hibernation_finish(
     progress.finish();
     let status = status?;
     if json {
-        println!("{}", hibernation_json(&status));
+        outln!("{}", hibernation_json(&status));
     } else {
         let record = status.record.as_ref();
         let manifest = record.and_then(|r| r.manifest.as_ref());
-        println!(
+        outln!(
             "{bucket} {done} (op {op}): {} records, {} archive bytes, {}",
             manifest.map_or(0, |m| m.records),
             manifest.map_or(0, |m| m.bytes),

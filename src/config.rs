@@ -174,14 +174,6 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<NodeConfig, String> {
     );
     set(&mut c.snapshot_logs_since_last, r.snapshot_logs_since_last);
     set(&mut c.logs_kept_after_snapshot, r.logs_kept_after_snapshot);
-    if c.election_timeout_min_ms >= c.election_timeout_max_ms
-        || c.heartbeat_ms >= c.election_timeout_min_ms
-    {
-        return Err(format!(
-            "config: raft timings need heartbeat ({} ms) < election_timeout_min ({} ms) < election_timeout_max ({} ms)",
-            c.heartbeat_ms, c.election_timeout_min_ms, c.election_timeout_max_ms
-        ));
-    }
     let g = &file.gc;
     set(
         &mut c.gc.interval_ms,
@@ -215,15 +207,8 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<NodeConfig, String> {
             &file.hibernation.janitor_interval,
         )?,
     );
-    for (key, v) in [
-        ("gc.page_size", c.gc.page_size),
-        ("gc.purge_batch", c.gc.purge_batch),
-        ("gc.purges_in_flight", c.gc.purges_in_flight),
-    ] {
-        if v == 0 {
-            return Err(format!("config: {key} must be at least 1"));
-        }
-    }
+    // Everything is checked here, before `serve` writes anything.
+    c.validate().map_err(|e| format!("config: {e}"))?;
     Ok(c)
 }
 

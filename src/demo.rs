@@ -12,14 +12,14 @@ use metakv_store::{
 pub fn run(users: u32) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("metakv-demo-").tempdir()?;
-    println!("metakv demo in {}", dir.path().display());
+    outln!("metakv demo in {}", dir.path().display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(cluster_tour(dir.path(), users))?;
     drop(runtime);
     store_tour(dir.path(), users)?;
-    println!(
+    outln!(
         "done in {:.1?}; removing {}",
         started.elapsed(),
         dir.path().display()
@@ -52,7 +52,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
         .find(|n| n.node_status().role == Role::Leader)
         .ok_or("no leader")?
         .id();
-    println!("cluster: 3 nodes on 127.0.0.1 (node {leader} leads)");
+    outln!("cluster: 3 nodes on 127.0.0.1 (node {leader} leads)");
     let via = nodes
         .iter()
         .find(|n| n.id() != leader)
@@ -74,7 +74,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
     }
     let live = users.div_ceil(10) as u64;
     let dead = users as u64 - live;
-    println!(
+    outln!(
         "  wrote {users} users and deleted {dead} through node {} (a follower forwards to the leader)",
         via.id()
     );
@@ -90,7 +90,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
             .into());
         }
     }
-    println!("  every node holds {live} live records and {dead} tombstones");
+    outln!("  every node holds {live} live records and {dead} tombstones");
 
     // Tombstone GC: collect on every node, purge the agreed ones through the log, compact.
     let job = via.gc_run(false, Some(0)).await?;
@@ -109,7 +109,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
     let total = |f: fn(&metakv::gc_engine::NodeCompaction) -> u64| {
         record.compactions.iter().map(f).sum::<u64>()
     };
-    println!(
+    outln!(
         "  GC job {job}: {} tombstones agreed by all 3 nodes, {} purged through the log; \
          state files {} KiB -> {} KiB in all, followers first, node {leader} compacted after \
          handing leadership over ({} ms)",
@@ -134,7 +134,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
     let record = paused.record.ok_or("no hibernation record")?;
     let manifest = record.manifest.ok_or("no manifest")?;
     let refused = via.get("users", b"user/000000").await.is_err();
-    println!(
+    outln!(
         "  paused bucket users (op {}): {} records in {} chunks ({}) archived to {}/{}, read \
          back and verified, then dropped on every node; reads now answer \"bucket paused\": {refused}",
         record.op,
@@ -154,7 +154,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
     if via.get("users", b"user/000000").await?.as_ref() != Some(&before) {
         return Err("user/000000 changed through pause and resume".into());
     }
-    println!("  resumed it: every node holds its {live} records again, revisions unchanged");
+    outln!("  resumed it: every node holds its {live} records again, revisions unchanged");
 
     let leader = loop {
         if let Some(n) = nodes.iter().find(|n| n.node_status().role == Role::Leader) {
@@ -195,9 +195,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
     if served != live {
         return Err(format!("the new leader serves {served} of {live} records").into());
     }
-    println!(
-        "  stopped node {leader}: node {new_leader} leads now and serves all {served} records"
-    );
+    outln!("  stopped node {leader}: node {new_leader} leads now and serves all {served} records");
     for n in &nodes {
         n.shutdown().await;
     }
@@ -209,7 +207,7 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
     let dir = &tempfile::Builder::new().prefix("store-").tempdir_in(dir)?;
     let store = Store::open(Config::new(dir.path().join("state.redb")))?;
     let mut clock = Clock::default();
-    println!("store: one node's file, {}", dir.path().display());
+    outln!("store: one node's file, {}", dir.path().display());
 
     store.apply(
         &Op::CreateBucket {
@@ -227,9 +225,10 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
         .collect();
     apply_all(&store, &ops, &mut clock)?;
     let info = store.bucket("users")?;
-    println!(
+    outln!(
         "  wrote {} users in one batch (revisions 2..={})",
-        info.records, clock.rev
+        info.records,
+        clock.rev
     );
 
     let cas = Op::Put {
@@ -240,7 +239,7 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
     };
     match store.apply(&cas, clock.tick())? {
         Applied::Conflict { current } => {
-            println!("  compare-and-set at a stale revision refused: current rev {current:?}")
+            outln!("  compare-and-set at a stale revision refused: current rev {current:?}")
         }
         other => return Err(format!("a stale compare-and-set was applied: {other:?}").into()),
     }
@@ -255,7 +254,7 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
         .collect();
     apply_all(&store, &doomed, &mut clock)?;
     let info = store.bucket("users")?;
-    println!(
+    outln!(
         "  deleted {}: {} live records, {} tombstones",
         doomed.len(),
         info.records,
@@ -265,7 +264,7 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
     if let Changes::Events { events, .. } = view.changes("users", b"", clock.rev - 3, 10)? {
         for e in events {
             let kind = if e.record.deleted { "delete" } else { "put" };
-            println!(
+            outln!(
                 "    change at rev {}: {kind} {}",
                 e.record.rev,
                 String::from_utf8_lossy(&e.key)
@@ -277,16 +276,17 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
     let size_before = store.sizes()?;
     let (purged, skipped) = collect_and_purge(&store, &mut clock)?;
     let info = store.bucket("users")?;
-    println!(
+    outln!(
         "  tombstone GC: collected and purged {purged} (guard kept {skipped}); {} tombstones left, purge floor {}",
-        info.tombstones, info.purge_floor
+        info.tombstones,
+        info.purge_floor
     );
     if info.tombstones != 0 {
         return Err("tombstones survived the purge".into());
     }
     let mut store = store;
     let report = store.compact()?;
-    println!(
+    outln!(
         "  compaction: file {} -> {} ({} in use before)",
         bytes(report.bytes_before),
         bytes(report.bytes_after),
@@ -297,7 +297,7 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
     pause(&store, &archive_path, &mut clock)?;
     match store.get("users", b"user/000000") {
         Err(metakv_store::Error::BucketPaused { .. }) => {
-            println!("  paused: reads answer BucketPaused")
+            outln!("  paused: reads answer BucketPaused")
         }
         other => return Err(format!("a paused bucket answered {other:?}").into()),
     }
@@ -305,14 +305,14 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
     let user = store
         .get("users", b"user/000010")?
         .ok_or("user/000010 lost in the pause")?;
-    println!(
+    outln!(
         "  resumed: {restored} records back, user/000010 = {} (rev {})",
         String::from_utf8_lossy(&user.value),
         user.rev
     );
 
     let check = store.check()?;
-    println!(
+    outln!(
         "  check: {} records, {} problems, file {:?}",
         check.records_checked,
         check.problems.len(),
@@ -411,7 +411,7 @@ fn pause(
         },
         clock.tick(),
     )?;
-    println!(
+    outln!(
         "  pausing: archived {} records in {} chunks ({}), verified, data dropped",
         summary.records,
         summary.chunks.len(),

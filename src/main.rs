@@ -2,6 +2,12 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` for the command's output: a closed standard output (`metakv ls b | head`) ends
+/// the command quietly, where `println!` would panic.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::write_out(format_args!($($t)*)) };
+}
+
 mod bench;
 mod cli;
 mod config;
@@ -159,14 +165,31 @@ fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async {
         let node = Node::start(config).await?;
-        println!("metakv node {} listening on {}", node.id(), node.addr());
+        outln!("metakv node {} listening on {}", node.id(), node.addr());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            // The node has said why (once); the process exits 1, and a restart on the same
+            // files, once the cause is gone, brings the node back with everything it had.
+            why = node.failed() => return Err(why.into()),
         }
         tracing::info!("stopping");
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// Writes one line of the command's output (see `outln!`). A reader that went away ends the
+/// process with exit 0 and no message: it asked for no more.
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("metakv: writing to standard output: {e}");
+        std::process::exit(1);
+    }
 }

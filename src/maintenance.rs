@@ -5,6 +5,7 @@ use std::path::Path;
 
 use metakv::{Client, Kv, NodeCheck, Role};
 use metakv_raft::restore::{LOG_FILE, STATE_FILE};
+use metakv_raft::{LogCheck, check_log_file};
 use metakv_store::{Config, Store};
 use serde_json::json;
 
@@ -24,25 +25,7 @@ fn open(dir: &Path) -> Result<Store, Fail> {
 /// Prints a check's findings (with the node's id when it was a live node); a failure (exit 1)
 /// when anything is wrong.
 fn report_check(what: &str, check: &NodeCheck, live: bool, json_out: bool) -> Result<(), Fail> {
-    if json_out {
-        let mut out = json!({"ok": check.ok, "file": check.file, "records": check.records,
-                             "problems": check.problems});
-        if live {
-            out["node"] = json!(check.node);
-        }
-        println!("{out}");
-    } else {
-        println!(
-            "{what}: {} records checked, file {}, {} problems",
-            check.records,
-            check.file,
-            check.problems.len()
-        );
-        for p in &check.problems {
-            println!("  {p}");
-        }
-    }
-    if check.ok {
+    if print_check(what, check, live, json_out, None) {
         Ok(())
     } else {
         Err(Fail(
@@ -52,17 +35,114 @@ fn report_check(what: &str, check: &NodeCheck, live: bool, json_out: bool) -> Re
     }
 }
 
-/// Integrity of a stopped node's store: redb's page checksums, every record's crc, every index.
+/// Prints the state file's findings, and the log's when there are some; true when the state
+/// file passed.
+fn print_check(
+    what: &str,
+    check: &NodeCheck,
+    live: bool,
+    json_out: bool,
+    log: Option<&LogCheck>,
+) -> bool {
+    let index = |l: Option<metakv_raft::types::LogId>| l.map(|l| l.index);
+    if json_out {
+        let mut out = json!({"ok": check.ok, "file": check.file, "records": check.records,
+                             "problems": check.problems});
+        if live {
+            out["node"] = json!(check.node);
+        }
+        if let Some(l) = log {
+            out["ok"] = json!(check.ok && l.problems.is_empty());
+            out["log"] = json!({"entries": l.entries, "first": index(l.first),
+                                "last": index(l.last), "last_purged": index(l.last_purged),
+                                "committed": index(l.committed), "problems": l.problems});
+        }
+        outln!("{out}");
+    } else {
+        outln!(
+            "{what}: {} records checked, file {}, {} problems",
+            check.records,
+            check.file,
+            check.problems.len()
+        );
+        for p in &check.problems {
+            outln!("  {p}");
+        }
+        if let Some(l) = log {
+            let show = |i: Option<u64>| i.map_or("-".to_owned(), |i| i.to_string());
+            outln!(
+                "raft log: {} entries ({}..={}), purged to {}, committed {}, {} problems",
+                l.entries,
+                show(index(l.first)),
+                show(index(l.last)),
+                show(index(l.last_purged)),
+                show(index(l.committed)),
+                l.problems.len()
+            );
+            for p in &l.problems {
+                outln!("  {p}");
+            }
+        }
+    }
+    check.ok
+}
+
+/// Integrity of a stopped node's files, neither of them created or changed: the state file
+/// (redb's page checksums, every record's crc, every index), the Raft log (every entry's crc
+/// and sequence, the vote, the commit and purge points), and the state against the log.
 pub fn check_offline(dir: &Path, json_out: bool) -> Result<(), Fail> {
-    let report = open(dir)?
-        .check()
-        .map_err(|e| Fail(1, format!("check: {e}")))?;
-    report_check(
-        &dir.display().to_string(),
-        &NodeCheck::from_report(0, &report),
-        false,
-        json_out,
-    )
+    let (state_path, log_path) = (dir.join(STATE_FILE), dir.join(LOG_FILE));
+    if !state_path.exists() && !log_path.exists() {
+        return Err(Fail(
+            1,
+            format!(
+                "{} has neither {STATE_FILE} nor {LOG_FILE}: not a metakv data dir",
+                dir.display()
+            ),
+        ));
+    }
+    let unusable = match std::fs::metadata(&state_path) {
+        Err(_) => Some(format!("{STATE_FILE} is missing")),
+        Ok(m) if m.len() == 0 => Some(format!("{STATE_FILE} is empty (0 bytes)")),
+        Ok(_) => None,
+    };
+    let (state, store) = match unusable {
+        Some(why) => (
+            NodeCheck {
+                node: 0,
+                ok: false,
+                file: format!("failed: {why}"),
+                records: 0,
+                problems: vec![why],
+            },
+            None,
+        ),
+        None => {
+            let mut store = open(dir)?;
+            let report = store.check().map_err(|e| Fail(1, format!("check: {e}")))?;
+            (NodeCheck::from_report(0, &report), Some(store))
+        }
+    };
+    let view = store
+        .as_ref()
+        .map(|s| s.read())
+        .transpose()
+        .map_err(|e| Fail(1, format!("check: reading the state: {e}")))?;
+    let log = check_log_file(&log_path, view.as_ref())
+        .map_err(|e| Fail(1, format!("check: {}: {e}", log_path.display())))?;
+    let what = dir.display().to_string();
+    let state_ok = print_check(&what, &state, false, json_out, Some(&log));
+    if state_ok && log.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Fail(
+            1,
+            format!(
+                "check: {} problems in {what}",
+                (state.problems.len() + log.problems.len()).max(1)
+            ),
+        ))
+    }
 }
 
 /// The same check on the node the client reaches, while it runs: its requests wait meanwhile.
@@ -99,10 +179,10 @@ pub fn compact_offline(dir: &Path, json_out: bool) -> Result<(), Fail> {
             .iter()
             .map(|(f, b, a)| json!({"file": f, "bytes_before": b, "bytes_after": a}))
             .collect();
-        println!("{}", json!({"files": files}));
+        outln!("{}", json!({"files": files}));
     } else {
         for (f, b, a) in files {
-            println!("{f}: {b} -> {a} bytes");
+            outln!("{f}: {b} -> {a} bytes");
         }
     }
     Ok(())
@@ -138,7 +218,7 @@ pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) ->
             .map_err(|e| Fail(1, format!("compact: node {id} ({addr}): {e}")))?;
         progress.inc(1);
         if !json_out {
-            println!(
+            outln!(
                 "node {}: {} KiB -> {} KiB",
                 c.node,
                 c.bytes_before / 1024,
@@ -151,7 +231,7 @@ pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) ->
     }
     progress.finish();
     if json_out {
-        println!("{}", json!({ "nodes": nodes }));
+        outln!("{}", json!({ "nodes": nodes }));
     }
     Ok(())
 }
@@ -171,14 +251,14 @@ pub async fn backup(client: &Client, file: &Path, json_out: bool) -> Result<(), 
         p.finish();
     }
     if json_out {
-        println!(
+        outln!(
             "{}",
             json!({"file": file, "node": info.node, "rev": info.rev, "log_index": info.applied,
                    "buckets": info.buckets, "records": info.records, "bytes": info.bytes,
                    "crc32": format!("{:08x}", info.crc32)})
         );
     } else {
-        println!(
+        outln!(
             "backup of {} buckets, {} records (revision {}, log index {}) from node {}: {} ({} bytes, crc {:08x})",
             info.buckets,
             info.records,
@@ -245,13 +325,13 @@ pub fn restore(
     progress.finish();
     let start = restored.start.map_or(0, |l| l.index);
     if json_out {
-        println!(
+        outln!(
             "{}",
             json!({"data_dir": dir, "node": id, "rev": restored.rev, "log_index": start,
                    "buckets": restored.buckets, "records": restored.records})
         );
     } else {
-        println!(
+        outln!(
             "restored {} buckets, {} records (revision {}) into {} as node {id}; its log starts \
              after index {start}. Start it with `metakv serve --id {id} --data-dir {}`, then \
              add nodes with `serve --join`.",

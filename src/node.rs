@@ -86,6 +86,65 @@ impl NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// Checks every setting; the error names the setting (as the config file spells it) and
+    /// what is wrong with it. [`Node::start`] runs this before it touches the data dir.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let at_least = |key: &str, v: u64, min: u64| {
+            if v < min {
+                return Err(format!("{key} is {v}; it must be at least {min}"));
+            }
+            Ok(())
+        };
+        at_least("id", self.id, 1)?;
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
+            return Err(format!(
+                "cluster_id {:?} must have 1 to 64 characters",
+                self.cluster_id
+            ));
+        }
+        if self.value_bytes_max == 0 || self.value_bytes_max > metakv_store::VALUE_BYTES_MAX_CEILING
+        {
+            return Err(format!(
+                "limits.value_bytes_max is {}; it must be from 1 to {}",
+                self.value_bytes_max,
+                metakv_store::VALUE_BYTES_MAX_CEILING
+            ));
+        }
+        at_least("limits.cache_bytes", self.cache_bytes as u64, 1 << 20)?;
+        at_least(
+            "limits.request_timeout (ms)",
+            self.request_timeout.as_millis() as u64,
+            1,
+        )?;
+        at_least("raft.heartbeat (ms)", self.heartbeat_ms, 1)?;
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms
+            || self.heartbeat_ms >= self.election_timeout_min_ms
+        {
+            return Err(format!(
+                "raft timings need heartbeat ({} ms) < election_timeout_min ({} ms) < election_timeout_max ({} ms)",
+                self.heartbeat_ms, self.election_timeout_min_ms, self.election_timeout_max_ms
+            ));
+        }
+        at_least(
+            "raft.snapshot_logs_since_last",
+            self.snapshot_logs_since_last,
+            1,
+        )?;
+        for (key, v) in [
+            ("gc.page_size", u64::from(self.gc.page_size)),
+            ("gc.purge_batch", u64::from(self.gc.purge_batch)),
+            ("gc.purges_in_flight", u64::from(self.gc.purges_in_flight)),
+            ("gc.lease (ms)", self.gc.lease_ms),
+            ("gc.call_timeout (ms)", self.gc.call_timeout_ms),
+            ("gc.compact_timeout (ms)", self.gc.compact_timeout_ms),
+        ] {
+            at_least(key, v, 1)?;
+        }
+        Ok(())
+    }
+}
+
 /// A running node. Cloning shares it; [`Node::shutdown`] stops it.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -106,6 +165,8 @@ pub(crate) struct Inner {
     pub(crate) hibernation: HibernationState,
     pub(crate) backups: crate::backup::Backups,
     stop: watch::Sender<bool>,
+    /// Why the node stopped by itself (a storage failure), once it has.
+    failure: watch::Sender<Option<String>>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -148,6 +209,9 @@ impl Services for NodeServices {
 /// `net.core.somaxconn`). The standard library's 128 overflowed when 256 clients dialed at once,
 /// and each dropped SYN cost a client a 1 s retransmit (`ListenOverflows` in `nstat`).
 const LISTEN_BACKLOG: u32 = 1024;
+/// The longest a watch poll may wait (`ClientRequest::Changes { wait_ms }`): a poll holds a
+/// pin on its bucket's tombstones for its wait, so a client must not choose an endless one.
+pub const WATCH_WAIT_MS_MAX: u32 = 60_000;
 /// Longest wait between two attempts of a request that found no leader (see `Node::route`).
 const ROUTE_RETRY_MAX: Duration = Duration::from_millis(50);
 
@@ -187,6 +251,39 @@ pub(crate) async fn next_tick(
     }
 }
 
+/// Stops the node when Raft stops by itself: a failed write or fsync of either file (a full
+/// disk, an I/O error) is fatal for that file, and is never retried. The node says so once,
+/// stops serving (so peers and clients are not answered from a state that can no longer
+/// move), and [`Node::failed`] returns. Every entry it acknowledged is durable in the log, so
+/// restarting it on its files, once the cause is gone, loses nothing.
+async fn stop_on_failure(node: Weak<Inner>, raft: Raft, mut stop: watch::Receiver<bool>) {
+    let mut metrics = raft.metrics();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            changed = metrics.changed() => if changed.is_err() { break },
+        }
+    }
+    if *stop.borrow() {
+        return;
+    }
+    let why = match raft.is_initialized().await {
+        Err(fatal) => fatal.to_string(),
+        Ok(_) => "raft stopped".to_owned(),
+    };
+    let Some(inner) = node.upgrade() else {
+        return;
+    };
+    tracing::error!(
+        id = inner.id,
+        error = %why,
+        "node stopped after a storage failure; nothing it acknowledged is lost: remove the \
+         cause (free disk space) and restart it on its files"
+    );
+    let _ = inner.failure.send(Some(why));
+    let _ = inner.stop.send(true);
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -201,6 +298,9 @@ impl Node {
     /// Opens the node's files, starts Raft and the listener, and then: restarts on its files,
     /// or initializes a single-node cluster (new node, no `join`), or joins `join`.
     pub async fn start(config: NodeConfig) -> Result<Node> {
+        config
+            .validate()
+            .map_err(|e| Error::invalid(format!("configuration: {e}")))?;
         let io = |doing: &str, e: &dyn std::fmt::Display| Error::Storage(format!("{doing}: {e}"));
         std::fs::create_dir_all(&config.data_dir).map_err(|e| io("creating the data dir", &e))?;
         if config.data_dir.join(restore::PARTIAL).exists() {
@@ -213,7 +313,11 @@ impl Node {
         let store_config = metakv_store::Config {
             path: config.data_dir.join(restore::STATE_FILE),
             cache_bytes: config.cache_bytes,
-            value_bytes_max: config.value_bytes_max,
+            // IMPORTANT: apply must not depend on a node's own settings, or nodes configured
+            // differently would apply the same entry differently. Apply checks the compiled
+            // ceiling, which every node shares; `config.value_bytes_max` is checked before a
+            // write is proposed or forwarded (`try_handle`).
+            value_bytes_max: metakv_store::VALUE_BYTES_MAX_CEILING,
             durable: false,
         };
         let store = tokio::task::spawn_blocking(move || Store::open(store_config))
@@ -249,6 +353,16 @@ impl Node {
             // `crate::snapshots` triggers them, each member at its own phase.
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            // IMPORTANT: a restarted leader stands for election. The state file and the
+            // committed index are written without fsync, so a leader restored without an
+            // election would answer read-index reads from a state behind what it had
+            // acknowledged; the leader of a new term first commits an entry of its own, and
+            // its read index covers everything committed before.
+            enable_leader_restore: Some(false),
+            // A member that could not win (thawed after SIGSTOP, cut off, restarted) asks
+            // before raising its term, and a member that hears from a live leader refuses: a
+            // returning follower does not depose a healthy leader.
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()
@@ -277,8 +391,14 @@ impl Node {
             log_stats,
             log_closed,
             stop,
+            failure: watch::channel(None).0,
             server: std::sync::Mutex::new(None),
         });
+        tokio::spawn(stop_on_failure(
+            Arc::downgrade(&inner),
+            raft.clone(),
+            stopped.clone(),
+        ));
         let server_config = Arc::new(ServerConfig {
             cluster_id: config.cluster_id.clone(),
             node_id: config.id,
@@ -334,7 +454,10 @@ impl Node {
                 tracing::info!(id = config.id, %addr, "initialized a single-node cluster");
             }
             (Some(seed), false) => {
-                node.join_through(seed).await?;
+                if let Err(e) = node.join_through(seed).await {
+                    node.shutdown().await;
+                    return Err(e);
+                }
                 tracing::info!(id = config.id, %addr, %seed, "joined the cluster");
             }
         }
@@ -390,10 +513,11 @@ impl Node {
             addr: self.inner.addr.clone(),
         };
         let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout * 6;
+        // The joiner is no member yet: it asks as a client does, so that a follower it dials
+        // passes the request on to the leader (a member's request is never forwarded twice).
+        let as_client = Pool::new(self.inner.config.cluster_id.clone(), None);
         loop {
-            let outcome = self
-                .inner
-                .pool
+            let outcome = as_client
                 .client_call(seed, &request, self.inner.config.request_timeout * 6)
                 .await;
             match outcome {
@@ -418,6 +542,21 @@ impl Node {
     /// The address other nodes and clients dial.
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// Why this node stopped by itself, if it has (see [`Node::failed`]).
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Returns once the node has stopped by itself after a storage failure, with the failure.
+    /// A node that only stops through [`Node::shutdown`] never returns from this.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.inner.failure.subscribe();
+        match failure.wait_for(Option::is_some).await {
+            Ok(f) => f.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// The openraft handle, for what the facade does not wrap.
@@ -500,6 +639,12 @@ impl Node {
         request: ClientRequest,
         from: Option<u64>,
     ) -> Result<ClientReply> {
+        if let Some(why) = self.failure() {
+            return Err(Error::Storage(format!(
+                "node {} stopped after a storage failure: {why}",
+                self.inner.id
+            )));
+        }
         if from.is_none()
             && let Some(message) = internal_only(&request)
         {
@@ -536,12 +681,13 @@ impl Node {
                     });
                 }
                 Err(Redirect(Some((id, addr)))) if id != self.inner.id => {
-                    match self
-                        .inner
-                        .pool
-                        .client_call(&addr, &request, self.inner.config.request_timeout)
-                        .await
-                    {
+                    // A join waits on the leader for the learner to catch up, up to
+                    // `request_timeout`, and then for its promotion.
+                    let ttl = match request {
+                        ClientRequest::Join { .. } => self.inner.config.request_timeout * 2,
+                        _ => self.inner.config.request_timeout,
+                    };
+                    match self.inner.pool.client_call(&addr, &request, ttl).await {
                         Ok(ClientReply::Error(Error::NotLeader { .. })) => {}
                         Ok(reply) => return Ok(reply),
                         Err(e) if e.is_connect() => {}
@@ -558,10 +704,20 @@ impl Node {
                     self.inner.config.request_timeout
                 )));
             }
+            if let Some(why) = self.failure() {
+                return Err(Error::Storage(format!(
+                    "node {} stopped after a storage failure: {why}",
+                    self.inner.id
+                )));
+            }
             // A vote, state or leader change wakes this at once; the bound covers a leader
-            // that this node has not heard of yet but another has.
+            // that this node has not heard of yet but another has. Metrics that end (Raft
+            // stopped) must not turn this into a busy loop.
             let wait = (deadline - now).min(ROUTE_RETRY_MAX);
-            let _ = tokio::time::timeout(wait, leadership.changed()).await;
+            let woke = tokio::time::timeout(wait, leadership.changed()).await;
+            if matches!(woke, Ok(Err(_))) {
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 
@@ -572,18 +728,21 @@ impl Node {
     ) -> std::result::Result<Result<ClientReply>, Redirect> {
         let raft = &self.inner.raft;
         Ok(match request.clone() {
-            ClientRequest::Write(op) => match raft
-                .client_write(Command {
-                    time_ms: now_ms(),
-                    op,
-                })
-                .await
-            {
-                Ok(resp) => applied(resp.data).map(ClientReply::Applied),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return Err(redirect(f.leader_id, f.leader_node));
-                }
-                Err(e) => Err(Error::Unavailable(e.to_string())),
+            ClientRequest::Write(op) => match op.validate(self.inner.config.value_bytes_max) {
+                Err(e) => Err(Error::from_store(e)),
+                Ok(()) => match raft
+                    .client_write(Command {
+                        time_ms: now_ms(),
+                        op,
+                    })
+                    .await
+                {
+                    Ok(resp) => applied(resp.data).map(ClientReply::Applied),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        return Err(redirect(f.leader_id, f.leader_node));
+                    }
+                    Err(e) => Err(Error::Unavailable(e.to_string())),
+                },
             },
             ClientRequest::Get {
                 bucket,
@@ -627,6 +786,11 @@ impl Node {
                 limit,
                 wait_ms,
             } => {
+                if wait_ms > WATCH_WAIT_MS_MAX {
+                    return Ok(Err(Error::invalid(format!(
+                        "wait_ms {wait_ms} is over the limit of {WATCH_WAIT_MS_MAX}"
+                    ))));
+                }
                 let applied = self.applied_index();
                 if wait_ms > 0 {
                     self.inner
@@ -740,25 +904,7 @@ impl Node {
                     .await
                     .map(|report| ClientReply::Checked(NodeCheck::from_report(node, &report)))
             }
-            ClientRequest::Join { id, addr } => {
-                match raft.add_learner(id, NodeAddr { addr }, true).await {
-                    Ok(_) => {}
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        return Err(redirect(f.leader_id, f.leader_node));
-                    }
-                    Err(e) => return Ok(Err(Error::Unavailable(e.to_string()))),
-                }
-                match raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                {
-                    Ok(_) => Ok(ClientReply::Done),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        return Err(redirect(f.leader_id, f.leader_node));
-                    }
-                    Err(e) => Err(Error::Unavailable(e.to_string())),
-                }
-            }
+            ClientRequest::Join { id, addr } => return self.add_member(id, addr).await,
             ClientRequest::Remove { id } => match raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
@@ -770,6 +916,83 @@ impl Node {
                 Err(e) => Err(Error::Unavailable(e.to_string())),
             },
         })
+    }
+
+    /// Adds node `id` at `addr`: a learner first, a voter once it has acknowledged the entry
+    /// that added it. A learner that does not within `request_timeout` is removed again, so a
+    /// node that is not there never counts toward a quorum. An id that is a voter already is
+    /// refused: a node that lost its files must be removed first (its empty log could never
+    /// be caught up as the voter it was, and it may have forgotten its vote).
+    async fn add_member(
+        &self,
+        id: u64,
+        addr: String,
+    ) -> std::result::Result<Result<ClientReply>, Redirect> {
+        self.lead_here()?;
+        let raft = &self.inner.raft;
+        let (voter, known) = {
+            let m = raft.metrics().borrow_watched().clone();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().any(|v| v == id),
+                membership.get_node(&id).map(|n| n.addr.clone()),
+            )
+        };
+        if voter {
+            return Ok(Err(Error::invalid(format!(
+                "node {id} is already a voter (at {}); a node that lost its data dir must be \
+                 removed before it joins again: `metakv cluster remove-node {id}`",
+                known.unwrap_or_default()
+            ))));
+        }
+        let added = match raft
+            .add_learner(id, NodeAddr { addr: addr.clone() }, false)
+            .await
+        {
+            Ok(r) => r.log_id,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                return Err(redirect(f.leader_id, f.leader_node));
+            }
+            Err(e) => return Ok(Err(Error::Unavailable(e.to_string()))),
+        };
+        let bound = self.inner.config.request_timeout;
+        let caught_up = raft
+            .wait(Some(bound))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|matched| matched.index >= added.index)
+                },
+                "the new learner to acknowledge its addition",
+            )
+            .await;
+        if caught_up.is_err() {
+            let removed = raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await;
+            let undo = match removed {
+                Ok(_) => "it was removed again".to_owned(),
+                Err(e) => format!("removing it again failed too: {e}"),
+            };
+            return Ok(Err(Error::Unavailable(format!(
+                "node {id} at {addr} did not catch up within {bound:?} (is it running, and does \
+                 it listen there?); {undo}"
+            ))));
+        }
+        Ok(
+            match raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+            {
+                Ok(_) => Ok(ClientReply::Done),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(redirect(f.leader_id, f.leader_node));
+                }
+                Err(e) => Err(Error::Unavailable(e.to_string())),
+            },
+        )
     }
 
     /// Passes `request` on to member `node`, for what only that node can answer.

@@ -2,6 +2,7 @@
 //!
 //! - [`types`]: the openraft type configuration, [`Command`] and [`Response`].
 //! - [`LogStore`]: the Raft log on redb (`raft-log.redb`), one fsync per batch of entries.
+//! - [`check_log_file`]: `check` of a stopped node's log, and of its state against the log.
 //! - [`StateMachine`]: `metakv-store` applied from the log; snapshots in the archive format.
 //! - [`restore`]: a new node's files from a backup, so a restored cluster goes on from the
 //!   backup's log index.
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod blocking;
+mod log_check;
 mod log_store;
 pub mod network;
 pub mod restore;
@@ -18,6 +20,7 @@ mod state_machine;
 pub mod types;
 pub mod wire;
 
+pub use log_check::{LOG_PROBLEMS_LISTED_MAX, LogCheck, check_log_file};
 pub use log_store::{LOG_FORMAT, LogClosed, LogStats, LogStore};
 pub use state_machine::{META_APPLIED, META_MEMBERSHIP, SharedStore, SnapshotFile, StateMachine};
 pub use types::{Command, NodeAddr, Raft, Rejection, RejectionKind, Response, TypeConfig};

@@ -45,14 +45,14 @@ use serde::de::DeserializeOwned;
 use crate::blocking::blocking;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Format of a sealed log entry or meta value. A change to `Command` or to openraft's entry
 /// layout is a change of this format.
 pub const LOG_FORMAT: u8 = 1;
-const VOTE: &str = "vote";
-const LAST_PURGED: &str = "last_purged";
-const COMMITTED: &str = "committed";
+pub(crate) const VOTE: &str = "vote";
+pub(crate) const LAST_PURGED: &str = "last_purged";
+pub(crate) const COMMITTED: &str = "committed";
 
 /// The log store; cheap to clone (readers share the file).
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ fn seal<T: Serialize>(v: &T) -> Vec<u8> {
     codec::seal(LOG_FORMAT, v)
 }
 
-fn unseal<T: Serialize + DeserializeOwned>(what: &str, b: &[u8]) -> io::Result<T> {
+pub(crate) fn unseal<T: Serialize + DeserializeOwned>(what: &str, b: &[u8]) -> io::Result<T> {
     codec::unseal(LOG_FORMAT, b)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("raft log: {what}: {e}")))
 }

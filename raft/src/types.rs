@@ -25,9 +25,41 @@ pub struct Command {
     pub op: Op,
 }
 
+/// A summary of bounded length: openraft logs entries with this (a failed append logs a
+/// whole batch), so a value's bytes must never be printed.
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}@{}", self.op, self.time_ms)
+        let key = |k: &[u8]| String::from_utf8_lossy(&k[..k.len().min(32)]).into_owned();
+        match &self.op {
+            Op::CreateBucket { bucket } => write!(f, "CreateBucket({bucket})"),
+            Op::DropBucket { bucket } => write!(f, "DropBucket({bucket})"),
+            Op::SetBucketState { bucket, state } => {
+                write!(f, "SetBucketState({bucket}, {state:?})")
+            }
+            Op::Put {
+                bucket,
+                key: k,
+                value,
+                expect,
+            } => write!(
+                f,
+                "Put({bucket}, {:?}, {} bytes, {expect:?})",
+                key(k),
+                value.len()
+            ),
+            Op::Delete {
+                bucket,
+                key: k,
+                expect,
+            } => write!(f, "Delete({bucket}, {:?}, {expect:?})", key(k)),
+            Op::Purge { items } => write!(f, "Purge({} items)", items.len()),
+            Op::DropBucketData { bucket } => write!(f, "DropBucketData({bucket})"),
+            Op::Restore { bucket, records } => {
+                write!(f, "Restore({bucket}, {} records)", records.len())
+            }
+            Op::Hibernate { bucket, state, .. } => write!(f, "Hibernate({bucket}, {state:?})"),
+        }?;
+        write!(f, "@{}", self.time_ms)
     }
 }
 

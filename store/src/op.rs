@@ -132,3 +132,80 @@ pub enum Applied {
     /// A bucket was created or changed state.
     Done,
 }
+
+impl Op {
+    /// Checks what needs no state: bucket names, key lengths, value lengths against
+    /// `value_bytes_max`, batch sizes. A replicated node runs this before it proposes or
+    /// forwards an op, with its configured limit, so a refused request writes nothing to any
+    /// log; apply then checks only the compiled ceilings, which every node shares (a limit
+    /// that differed between nodes at apply would make their states differ).
+    pub fn validate(&self, value_bytes_max: usize) -> crate::Result<()> {
+        use crate::error::Error;
+        let bucket_name = |name: &str| {
+            if name == crate::SYS_BUCKET {
+                Ok(())
+            } else {
+                crate::bucket::validate_bucket_name(name)
+            }
+        };
+        let value = |bucket: &str, len: usize| {
+            if len > value_bytes_max {
+                return Err(Error::ValueTooLarge {
+                    bucket: bucket.to_owned(),
+                    len,
+                    max: value_bytes_max,
+                });
+            }
+            Ok(())
+        };
+        let batch = |what: &'static str, len: usize| {
+            if len > crate::BATCH_ITEMS_MAX {
+                return Err(Error::LimitExceeded {
+                    what,
+                    len,
+                    max: crate::BATCH_ITEMS_MAX,
+                });
+            }
+            Ok(())
+        };
+        match self {
+            Op::CreateBucket { bucket }
+            | Op::DropBucket { bucket }
+            | Op::SetBucketState { bucket, .. }
+            | Op::DropBucketData { bucket } => bucket_name(bucket),
+            Op::Put {
+                bucket,
+                key,
+                value: v,
+                ..
+            } => {
+                bucket_name(bucket)?;
+                crate::store::check_key(bucket, key)?;
+                value(bucket, v.len())
+            }
+            Op::Delete { bucket, key, .. } => {
+                bucket_name(bucket)?;
+                crate::store::check_key(bucket, key)
+            }
+            Op::Purge { items } => {
+                batch("purge items", items.len())?;
+                items.iter().try_for_each(|i| {
+                    bucket_name(&i.bucket)?;
+                    crate::store::check_key(&i.bucket, &i.key)
+                })
+            }
+            Op::Restore { bucket, records } => {
+                bucket_name(bucket)?;
+                batch("restore records", records.len())?;
+                records.iter().try_for_each(|(key, r)| {
+                    crate::store::check_key(bucket, key)?;
+                    value(bucket, r.value.len())
+                })
+            }
+            Op::Hibernate { bucket, record, .. } => {
+                bucket_name(bucket)?;
+                value(crate::SYS_BUCKET, record.len())
+            }
+        }
+    }
+}

@@ -276,7 +276,10 @@ impl ProcCluster {
 
     /// A client through every node.
     pub fn client(&self) -> metakv::Client {
-        metakv::Client::new(self.procs.iter().map(|p| p.addr.clone()).collect(), "metakv")
+        metakv::Client::new(
+            self.procs.iter().map(|p| p.addr.clone()).collect(),
+            "metakv",
+        )
     }
 
     /// The index in `procs` of the node that leads, once one does (30 s at most).

@@ -48,7 +48,14 @@ fn fill(dir: &Path, keep: u64) -> PathBuf {
             .arg(dir)
             .output()
             .unwrap();
-        String::from_utf8(out.stdout).unwrap().lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
     };
     let filler = dir.join("filler");
     let f = std::fs::File::create(&filler).unwrap();
@@ -89,7 +96,10 @@ async fn a_node_on_a_full_disk_stops_once_and_recovers_after_a_restart() {
     .map(str::to_owned);
     cluster.procs.push(serve_args(dir.path(), 3, &args3));
     let addr3 = cluster.procs[2].addr.clone();
-    let client = Client::new(vec![cluster.procs[0].addr.clone(), cluster.procs[1].addr.clone()], "metakv");
+    let client = Client::new(
+        vec![cluster.procs[0].addr.clone(), cluster.procs[1].addr.clone()],
+        "metakv",
+    );
     client.create_bucket("b").await.unwrap();
     let filler = fill(&mount, 256 << 10);
     let value = vec![7u8; 2048];
@@ -97,7 +107,11 @@ async fn a_node_on_a_full_disk_stops_once_and_recovers_after_a_restart() {
     let mut exited = None;
     for i in 0..4000u32 {
         let key = format!("k{i:05}");
-        if client.put("b", key.as_bytes(), &value, Expect::Any).await.is_ok() {
+        if client
+            .put("b", key.as_bytes(), &value, Expect::Any)
+            .await
+            .is_ok()
+        {
             acked.push(key);
         }
         if let Some(status) = cluster.procs[2].child.try_wait().unwrap() {
@@ -114,13 +128,37 @@ async fn a_node_on_a_full_disk_stops_once_and_recovers_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = std::fs::read_to_string(dir.path().join("node3.log")).unwrap();
-    let status = exited.unwrap_or_else(|| panic!("node 3 is still up on a full disk; its log:\n{}", &log[log.len().saturating_sub(4000)..]));
-    assert_eq!(status.code(), Some(1), "node 3 exited with {status:?}; its log:\n{log}");
-    let said: Vec<&str> = log.lines().filter(|l| l.contains("stopped after a storage failure")).collect();
-    assert_eq!(said.len(), 1, "node 3 said why {} times:\n{log}", said.len());
+    let status = exited.unwrap_or_else(|| {
+        panic!(
+            "node 3 is still up on a full disk; its log:\n{}",
+            &log[log.len().saturating_sub(4000)..]
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "node 3 exited with {status:?}; its log:\n{log}"
+    );
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("stopped after a storage failure"))
+        .collect();
+    assert_eq!(
+        said.len(),
+        1,
+        "node 3 said why {} times:\n{log}",
+        said.len()
+    );
     assert!(log.len() < 64 << 10, "node 3 logged {} bytes", log.len());
-    // The cluster kept serving on two nodes; space comes back, node 3 restarts and catches up.
-    assert!(acked.len() > 100, "only {} writes were acknowledged", acked.len());
+    // The cluster serves on two nodes; space comes back, node 3 restarts and catches up.
+    for i in 0..100u32 {
+        let key = format!("after{i:03}");
+        client
+            .put("b", key.as_bytes(), &value, Expect::Any)
+            .await
+            .unwrap();
+        acked.push(key);
+    }
     std::fs::remove_file(&filler).unwrap();
     let restart = [
         "--id",

@@ -29,7 +29,10 @@ async fn an_acknowledged_write_survives_nodes_with_different_limits() {
     for node in cluster.running() {
         let records = local_records(node, "b").await;
         assert_eq!(
-            records.iter().map(|(k, r)| (k.as_slice(), r.rev)).collect::<Vec<_>>(),
+            records
+                .iter()
+                .map(|(k, r)| (k.as_slice(), r.rev))
+                .collect::<Vec<_>>(),
             vec![(b"big".as_slice(), rev)],
             "node {} does not hold the acknowledged put",
             node.id()

@@ -19,9 +19,15 @@ fn metakv() -> Command {
 fn bad_settings_exit_2_naming_the_file_and_the_key_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[limits]\nvalue_bytes_max = 100000000\n", "limits.value_bytes_max"),
+        (
+            "[limits]\nvalue_bytes_max = 100000000\n",
+            "limits.value_bytes_max",
+        ),
         ("[limits]\nvalue_bytes_max = 0\n", "limits.value_bytes_max"),
-        ("[limits]\nrequest_timeout = \"0\"\n", "limits.request_timeout"),
+        (
+            "[limits]\nrequest_timeout = \"0\"\n",
+            "limits.request_timeout",
+        ),
         ("id = 0\n", "id"),
         ("cluster_id = \"\"\n", "cluster_id"),
         ("[raft]\nheartbeat = \"0\"\n", "raft.heartbeat"),
@@ -52,7 +58,9 @@ fn bad_settings_exit_2_naming_the_file_and_the_key_and_write_nothing() {
 fn every_command_has_a_line_in_help() {
     let out = metakv().arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for command in ["cluster", "gc", "bucket", "get", "del", "put", "ls", "watch", "serve"] {
+    for command in [
+        "cluster", "gc", "bucket", "get", "del", "put", "ls", "watch", "serve",
+    ] {
         let line = help
             .lines()
             .find(|l| l.split_whitespace().next() == Some(command))

@@ -47,7 +47,10 @@ async fn check_finds_damage_in_either_file() {
     let dir = cluster.dir.path().join("node1");
     let (code, text) = check(&dir);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("raft log"), "the check says nothing of the log: {text}");
+    assert!(
+        text.contains("raft log"),
+        "the check says nothing of the log: {text}"
+    );
 
     let scratch = tempfile::tempdir().unwrap();
     // Every copy of the marker in the log file flipped: an entry whose bytes changed.

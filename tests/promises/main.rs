@@ -4,12 +4,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod linearizable_read_after_quick_leader_restart;
-mod thawed_follower_keeps_the_leader;
+mod a_full_disk_stops_the_node_once;
 mod apply_reads_no_node_setting;
-mod refused_writes_reach_no_log;
-mod membership_changes_need_a_live_node;
-// mod watch_waits_are_bounded;
 mod bad_input_is_refused_before_anything_is_written;
 mod check_covers_the_raft_log;
-mod a_full_disk_stops_the_node_once;
+mod linearizable_read_after_quick_leader_restart;
+mod membership_changes_need_a_live_node;
+mod refused_writes_reach_no_log;
+mod thawed_follower_keeps_the_leader;
+mod watch_waits_are_bounded;

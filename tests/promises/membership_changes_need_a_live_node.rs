@@ -94,7 +94,10 @@ async fn a_wiped_node_is_told_to_be_removed_and_then_rejoins_through_a_follower(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let status = back.node_status();
-    assert!(status.applied >= target, "the rejoined node is at {status:?}");
+    assert!(
+        status.applied >= target,
+        "the rejoined node is at {status:?}"
+    );
     assert!(
         status.members.iter().any(|m| m.id == wiped && m.voter),
         "the rejoined node is not a voter: {status:?}"

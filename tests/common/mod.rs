@@ -170,7 +170,12 @@ pub fn serve(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Proc {
 /// Starts `metakv serve ARGS`, logging to `dir/node<id>.log`, and reads the address it
 /// listens on from its first line.
 pub fn serve_args(dir: &Path, id: u64, args: &[String]) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
+    // Appended to: a node restarted on its files keeps the log of its earlier lives.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("node{id}.log")))
+        .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_metakv"));
     cmd.arg("serve")
         .args(args)

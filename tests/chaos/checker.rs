@@ -158,6 +158,16 @@ impl<'a> KeyCheck<'a> {
         matches!(self.events[i].outcome, Outcome::Unknown(_))
     }
 
+    /// By when write `w` had taken effect, if it did: its answer for an acknowledged write.
+    /// A write of unknown outcome may take effect after its client gave up, so its answer
+    /// bounds nothing.
+    fn effective_by(&self, w: usize) -> std::time::Duration {
+        match self.events[w].outcome {
+            Outcome::Written { .. } => self.events[w].completed,
+            _ => std::time::Duration::MAX,
+        }
+    }
+
     /// True if a write of unknown outcome, not yet placed at a revision, invoked before
     /// `before` (a time), could explain what is seen; `deletes_only` for a missing record.
     fn unplaced_could(&self, before: std::time::Duration, deletes_only: bool) -> bool {
@@ -270,7 +280,7 @@ impl<'a> KeyCheck<'a> {
         let placed: Vec<(u64, usize)> = known.iter().map(|(&r, &w)| (r, w)).collect();
         for &(ra, a) in &placed {
             for &(rb, b) in &placed {
-                if self.events[a].completed < self.events[b].invoked && ra >= rb {
+                if self.effective_by(a) < self.events[b].invoked && ra >= rb {
                     self.violation(
                         Kind::WriteOrder,
                         vec![a, b],
@@ -290,7 +300,7 @@ impl<'a> KeyCheck<'a> {
         let mut lo = (0, None);
         let mut hi = u64::MAX;
         for (&r, &w) in known {
-            if self.events[w].completed < e.invoked && r >= lo.0 {
+            if self.effective_by(w) < e.invoked && r >= lo.0 {
                 lo = (r, Some(w));
             }
             if self.events[w].invoked > e.completed && r < hi {
@@ -353,9 +363,10 @@ impl<'a> KeyCheck<'a> {
                     }
                 }
                 State::Nothing => {
-                    let delete_in_window = known
-                        .range(lo.max(1)..hi)
-                        .any(|(_, &w)| matches!(self.events[w].call, Call::Delete { .. }));
+                    let delete_in_window = lo.max(1) < hi
+                        && known
+                            .range(lo.max(1)..hi)
+                            .any(|(_, &w)| matches!(self.events[w].call, Call::Delete { .. }));
                     let fine = !linearizable
                         || lo == 0
                         || delete_in_window
@@ -393,7 +404,11 @@ impl<'a> KeyCheck<'a> {
             };
             match (expect, &e.outcome) {
                 (Expect::Rev(n), Outcome::Written { rev: m }) => {
-                    let between: Vec<usize> = known.range(n + 1..*m).map(|(_, &x)| x).collect();
+                    let between: Vec<usize> = if n + 1 < *m {
+                        known.range(n + 1..*m).map(|(_, &x)| x).collect()
+                    } else {
+                        Vec::new()
+                    };
                     if let Some(&x) = between.first() {
                         self.violation(
                             Kind::Expectation,

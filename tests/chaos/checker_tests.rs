@@ -146,6 +146,21 @@ fn writes_of_unknown_outcome_may_have_happened_or_not() {
 }
 
 #[test]
+fn a_write_of_unknown_outcome_may_take_effect_after_its_client_gave_up() {
+    // The client timed out at 5; the write was applied later, after writes and reads that
+    // began once it had given up. Found by a soak: the checker took the answer's time as a
+    // bound on the write, reported a false violation, and panicked on the empty window.
+    let mut h = H::default();
+    h.put("a", Expect::Any, unknown(), 0, 5)
+        .get(None, 6, 7)
+        .put("b", Expect::Any, w(20), 8, 9)
+        .get(seen("b", 20), 10, 11)
+        .get(seen("a", 22), 30, 31)
+        .fin(seen("a", 22));
+    assert_eq!(h.kinds(), vec![]);
+}
+
+#[test]
 fn a_stale_read_is_caught() {
     let mut h = good();
     h.get(seen("b", 12), 30, 31); // after the delete at 15 and the put at 21

@@ -79,6 +79,12 @@ pub fn check_log_file(path: &Path, state: Option<&ReadView>) -> io::Result<LogCh
             return Ok(check);
         }
     };
+    check_log_db(&mut db, state)
+}
+
+/// The same checks on an open log database.
+pub(crate) fn check_log_db(db: &mut Database, state: Option<&ReadView>) -> io::Result<LogCheck> {
+    let mut check = LogCheck::default();
     match db.check_integrity() {
         Ok(true) => {}
         Ok(false) => check.problem("redb repaired the file's page checksums".to_owned()),
@@ -87,11 +93,11 @@ pub fn check_log_file(path: &Path, state: Option<&ReadView>) -> io::Result<LogCh
             return Ok(check);
         }
     }
-    if let Err(e) = check_contents(&db, &mut check) {
+    if let Err(e) = check_contents(db, &mut check) {
         check.problem(format!("reading the log: {e}"));
     }
     if let Some(view) = state {
-        check_state_against_log(view, &db, &mut check)?;
+        check_state_against_log(view, db, &mut check)?;
     }
     Ok(check)
 }

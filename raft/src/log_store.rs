@@ -111,6 +111,29 @@ impl LogStore {
             .set_cache_size(16 << 20)
             .create(path)
             .map_err(|e| other("opening the file", e))?;
+        LogStore::on(db)
+    }
+
+    /// The same on `backend` instead of a file: what crash and fault-injection tests run the
+    /// log on.
+    pub fn open_with_backend(backend: impl redb::StorageBackend) -> io::Result<LogStore> {
+        let db = Database::builder()
+            .set_cache_size(16 << 20)
+            .create_with_backend(backend)
+            .map_err(|e| other("opening the log", e))?;
+        LogStore::on(db)
+    }
+
+    /// Checks the open log (see [`crate::check_log_file`]); `None` while appends, votes or
+    /// purges are under way on another clone.
+    pub fn check(&mut self) -> io::Result<Option<crate::LogCheck>> {
+        match Arc::get_mut(&mut self.db) {
+            Some(db) => crate::log_check::check_log_db(db, None).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn on(db: Database) -> io::Result<LogStore> {
         let txn = db.begin_write().map_err(|e| other("creating tables", e))?;
         txn.open_table(LOG)
             .map_err(|e| other("creating tables", e))?;

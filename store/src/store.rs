@@ -95,6 +95,28 @@ impl Store {
     /// Opens the store at `config.path`, creating the file, its tables and the `_sys` bucket
     /// on first use, and refusing a file of another format version.
     pub fn open(config: Config) -> Result<Store> {
+        Store::check_config(&config)?;
+        crate::maintenance::remove_if_present(&crate::maintenance::compacting_path(&config.path))?;
+        let db = Database::builder()
+            .set_cache_size(config.cache_bytes)
+            .create(&config.path)
+            .doing("opening the store file")?;
+        Store::on(db, config)
+    }
+
+    /// The same on `backend` instead of the file at `config.path` (which then only names the
+    /// store in errors): what crash and fault-injection tests run the store on. A store on a
+    /// backend cannot be compacted (compaction rebuilds the file beside it).
+    pub fn open_with_backend(config: Config, backend: impl redb::StorageBackend) -> Result<Store> {
+        Store::check_config(&config)?;
+        let db = Database::builder()
+            .set_cache_size(config.cache_bytes)
+            .create_with_backend(backend)
+            .doing("opening the store")?;
+        Store::on(db, config)
+    }
+
+    fn check_config(config: &Config) -> Result<()> {
         if config.value_bytes_max > VALUE_BYTES_MAX_CEILING {
             return Err(Error::LimitExceeded {
                 what: "value_bytes_max",
@@ -102,11 +124,10 @@ impl Store {
                 max: VALUE_BYTES_MAX_CEILING,
             });
         }
-        crate::maintenance::remove_if_present(&crate::maintenance::compacting_path(&config.path))?;
-        let db = Database::builder()
-            .set_cache_size(config.cache_bytes)
-            .create(&config.path)
-            .doing("opening the store file")?;
+        Ok(())
+    }
+
+    fn on(db: Database, config: Config) -> Result<Store> {
         let store = Store {
             db,
             path: config.path,

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use metakv::{Applied, Client, Consistency, Error, Expect, Kv, WatchEvent};
 
 use crate::checker::{self, Kind, Violation};
+use crate::common::rng::Rng;
 use crate::common::{ProcCluster, serve_args};
 use crate::history::{Call, Event, Outcome, Seen, WatchLog};
 use crate::nemesis::{self, Fault};
-use crate::rng::Rng;
 
 /// Hot keys: few, so that histories conflict.
 pub const KEYS: usize = 5;

@@ -13,7 +13,6 @@ mod checker_tests;
 mod harness;
 mod history;
 mod nemesis;
-mod rng;
 
 use std::io::Write;
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::rng::Rng;
+use crate::common::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use metakv::{Consistency, Kv, Node, NodeConfig, Record, Role, store::Expect};
 
 pub mod gate;
+pub mod rng;
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,

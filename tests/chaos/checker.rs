@@ -230,13 +230,7 @@ impl<'a> KeyCheck<'a> {
                 matches!(self.events[w].call, Call::Delete { .. })
                     && self.rev_of.get(&w) == Some(&s.rev)
             });
-            known.or_else(|| {
-                self.writes().find(|&w| {
-                    matches!(self.events[w].call, Call::Delete { .. })
-                        && self.is_unknown(w)
-                        && !self.rev_of.contains_key(&w)
-                })
-            })
+            known.or_else(|| self.unknown_delete_at(s.rev, by))
         } else {
             self.writes().find(
                 |&w| matches!(&self.events[w].call, Call::Put { value, .. } if *value == s.value),
@@ -273,6 +267,29 @@ impl<'a> KeyCheck<'a> {
                 ),
             ),
         }
+    }
+
+    /// The delete of unknown outcome, not yet placed, that can have made the tombstone at
+    /// `rev` seen by `by`: invoked before the observation, and before any acknowledged write
+    /// above `rev` completed (or that write would have come after it). Of those, the latest
+    /// invoked: the one nearest the moment `rev` was written.
+    fn unknown_delete_at(&self, rev: u64, by: Option<usize>) -> Option<usize> {
+        let seen_by = by.map_or(std::time::Duration::MAX, |b| self.events[b].completed);
+        let later_acked = self
+            .writes()
+            .filter(|&w| matches!(self.events[w].outcome, Outcome::Written { rev: r } if r > rev))
+            .map(|w| self.events[w].completed)
+            .min()
+            .unwrap_or(std::time::Duration::MAX);
+        self.writes()
+            .filter(|&w| {
+                matches!(self.events[w].call, Call::Delete { .. })
+                    && self.is_unknown(w)
+                    && !self.rev_of.contains_key(&w)
+                    && self.events[w].invoked < seen_by
+                    && self.events[w].invoked < later_acked
+            })
+            .max_by_key(|&w| self.events[w].invoked)
     }
 
     /// Step 2.

@@ -34,7 +34,8 @@ pub struct Report {
     /// Each fault: when it was injected, its kind, and the node it struck (if one).
     pub faults: Vec<(Duration, &'static str, Option<usize>)>,
     pub violations: Vec<Violation>,
-    /// Where the nodes' data dirs and logs are (kept when the run failed).
+    /// Where the nodes' data dirs and logs are (kept, with `history.txt`, when the run
+    /// failed).
     pub dir: PathBuf,
 }
 
@@ -209,6 +210,15 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
         drop(tmp);
         dir
     } else {
+        // The whole history beside the nodes' files, for a look past the first violations.
+        let mut text: String = events.iter().map(|e| format!("{e}\n")).collect();
+        for (at, what) in &timeline {
+            text += &format!("fault [{:>8.3}s] {what}\n", at.as_secs_f64());
+        }
+        for w in &watches {
+            text += &format!("watch of node {}: {:?}\n", w.node + 1, w);
+        }
+        let _ = std::fs::write(dir.join("history.txt"), text);
         tmp.keep()
     };
     Report {

@@ -323,7 +323,7 @@ async fn read_log(log: &mut LogStore) -> io::Result<LogModel> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_survives_crashes_at_any_point() {
-    let mut rng = Rng::new(0x6c6f_67);
+    let mut rng = Rng::new(0x006c_6f67);
     let mut reopened_with_more = 0;
     for crash in 0..crashes() {
         let disk = CrashDisk::new(Vec::new(), rng.next_u64());
@@ -394,7 +394,7 @@ async fn read_store(store: &Store) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_store_survives_crashes_at_any_point() {
-    let mut rng = Rng::new(0x7374_6174_65);
+    let mut rng = Rng::new(0x0073_7461_7465);
     let config = || Config {
         durable: true,
         ..Config::new("crash-test.redb")

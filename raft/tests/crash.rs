@@ -202,6 +202,27 @@ impl redb::StorageBackend for CrashDisk {
     }
 }
 
+/// Checks what a file reopened with after a crash: what an operation that returned Ok wrote
+/// is there, and the one under way is there whole or not at all. True if it is there.
+fn reopened_under_way<T: PartialEq + std::fmt::Debug>(
+    crash: u64,
+    file: &str,
+    got: &T,
+    acknowledged: &T,
+    under_way: Option<&T>,
+) -> bool {
+    if got == acknowledged {
+        return false;
+    }
+    assert_eq!(
+        Some(got),
+        under_way,
+        "crash {crash}: the reopened {file} is neither the last acknowledged state nor the one \
+         under way"
+    );
+    true
+}
+
 /// What the log holds, as openraft reads it.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct LogModel {
@@ -348,15 +369,8 @@ async fn the_log_survives_crashes_at_any_point() {
         let mut log = LogStore::open_with_backend(CrashDisk::new(image, rng.next_u64()))
             .unwrap_or_else(|e| panic!("crash {crash}: the log does not reopen: {e}"));
         let got = read_log(&mut log).await.unwrap();
-        // IMPORTANT: what an operation that returned Ok wrote is there; the one under way is
-        // there whole or not at all. The vote never goes back, no entry is lost or changed.
-        if got != model {
-            assert_eq!(
-                Some(&got),
-                under_way.as_ref(),
-                "crash {crash}: the reopened log is neither the last acknowledged state nor \
-                 the one under way"
-            );
+        // IMPORTANT: the vote never goes back, no entry is lost or changed.
+        if reopened_under_way(crash, "log", &got, &model, under_way.as_ref()) {
             reopened_with_more += 1;
         }
         let check = log.check().unwrap().unwrap();
@@ -452,14 +466,7 @@ async fn the_state_store_survives_crashes_at_any_point() {
         let mut store = Store::open_with_backend(config(), CrashDisk::new(image, rng.next_u64()))
             .unwrap_or_else(|e| panic!("crash {crash}: the store does not reopen: {e}"));
         let got = read_store(&store).await;
-        if got != model {
-            assert_eq!(
-                Some(&got),
-                under_way.as_ref(),
-                "crash {crash}: the reopened store is neither the last acknowledged state nor \
-                 the one under way"
-            );
-        }
+        reopened_under_way(crash, "store", &got, &model, under_way.as_ref());
         let report = store.check().unwrap();
         assert!(report.is_ok(), "crash {crash}: {:?}", report.problems);
     }

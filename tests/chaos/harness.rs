@@ -595,23 +595,11 @@ async fn compare_copies(addrs: &[String], violations: &mut Vec<Violation>) {
     for (i, addr) in addrs.iter().enumerate() {
         let client =
             Client::new(vec![addr.clone()], "metakv").with_timeout(Duration::from_secs(10));
-        let mut rows = Vec::new();
-        let mut after = None;
-        loop {
-            let page = client
-                .scan(BUCKET, b"", after.clone(), 1000, true, Consistency::Local)
-                .await
-                .unwrap();
-            rows.extend(
-                page.items
-                    .into_iter()
-                    .map(|(k, r)| (k, r.rev, r.deleted, r.value)),
-            );
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
+        let rows: Vec<_> = crate::common::local_records(&client, BUCKET)
+            .await
+            .into_iter()
+            .map(|(k, r)| (k, r.rev, r.deleted, r.value))
+            .collect();
         match client.check_node().await {
             Ok(c) if c.ok => {}
             Ok(c) => violations.push(Violation {

@@ -228,8 +228,9 @@ pub async fn load(node: &Node, bucket: &str, n: usize, keep_every: usize) -> Vec
     kept.into_iter().map(|(_, k)| k).collect()
 }
 
-/// Every record of `bucket` on `node`'s own copy, tombstones included.
-pub async fn local_records(node: &Node, bucket: &str) -> Vec<(Vec<u8>, Record)> {
+/// Every record of `bucket` on `node`'s own copy, tombstones included (`node`: a `Node`, or a
+/// `Client` through that node only).
+pub async fn local_records<K: Kv>(node: &K, bucket: &str) -> Vec<(Vec<u8>, Record)> {
     let mut out = Vec::new();
     let mut after = None;
     loop {

@@ -905,17 +905,26 @@ impl Node {
                     .map(|report| ClientReply::Checked(NodeCheck::from_report(node, &report)))
             }
             ClientRequest::Join { id, addr } => return self.add_member(id, addr).await,
-            ClientRequest::Remove { id } => match raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-            {
-                Ok(_) => Ok(ClientReply::Done),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return Err(redirect(f.leader_id, f.leader_node));
-                }
-                Err(e) => Err(Error::Unavailable(e.to_string())),
-            },
+            ClientRequest::Remove { id } => {
+                return self
+                    .change_members(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                    .await;
+            }
         })
+    }
+
+    /// Proposes a membership change here, or redirects to the leader.
+    async fn change_members(
+        &self,
+        change: ChangeMembers<u64, NodeAddr>,
+    ) -> std::result::Result<Result<ClientReply>, Redirect> {
+        match self.inner.raft.change_membership(change, false).await {
+            Ok(_) => Ok(Ok(ClientReply::Done)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(redirect(f.leader_id, f.leader_node))
+            }
+            Err(e) => Ok(Err(Error::Unavailable(e.to_string()))),
+        }
     }
 
     /// Adds node `id` at `addr`: a learner first, a voter once it has acknowledged the entry
@@ -981,18 +990,8 @@ impl Node {
                  it listen there?); {undo}"
             ))));
         }
-        Ok(
-            match raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-            {
-                Ok(_) => Ok(ClientReply::Done),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return Err(redirect(f.leader_id, f.leader_node));
-                }
-                Err(e) => Err(Error::Unavailable(e.to_string())),
-            },
-        )
+        self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
     }
 
     /// Passes `request` on to member `node`, for what only that node can answer.

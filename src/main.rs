@@ -165,7 +165,16 @@ fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async {
         let node = Node::start(config).await?;
-        outln!("metakv node {} listening on {}", node.id(), node.addr());
+        if node.addr() == node.listen_addr() {
+            outln!("metakv node {} listening on {}", node.id(), node.addr());
+        } else {
+            outln!(
+                "metakv node {} listening on {}, advertised as {}",
+                node.id(),
+                node.listen_addr(),
+                node.addr()
+            );
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

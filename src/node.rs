@@ -155,6 +155,8 @@ pub struct Node {
 pub(crate) struct Inner {
     pub(crate) id: u64,
     addr: String,
+    /// The address the listener is bound to (differs from `addr` behind an `advertise`).
+    listen_addr: String,
     pub(crate) config: NodeConfig,
     raft: Raft,
     pub(crate) store: SharedStore,
@@ -338,13 +340,14 @@ impl Node {
         let listener = listen(&config.listen)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
-        let addr = match &config.advertise {
-            Some(a) => a.clone(),
-            None => listener
-                .local_addr()
-                .map_err(|e| io("reading the listen address", &e))?
-                .to_string(),
-        };
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|e| io("reading the listen address", &e))?
+            .to_string();
+        let addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| listen_addr.clone());
         let raft_config = openraft::Config {
             cluster_name: config.cluster_id.clone(),
             heartbeat_interval: config.heartbeat_ms,
@@ -370,6 +373,7 @@ impl Node {
         let network = Network {
             cluster_id: config.cluster_id.clone(),
             node_id: config.id,
+            append_timeout_min: Duration::from_millis(config.election_timeout_min_ms),
         };
         let log_stats = log.stats();
         let log_closed = log.closed();
@@ -384,6 +388,7 @@ impl Node {
             backups: crate::backup::Backups::new(config.data_dir.join(crate::backup::DIR)),
             id: config.id,
             addr: addr.clone(),
+            listen_addr,
             pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
             config: config.clone(),
             raft: raft.clone(),
@@ -542,6 +547,11 @@ impl Node {
     /// The address other nodes and clients dial.
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// The address the node listens on: [`Node::addr`] unless it advertises another.
+    pub fn listen_addr(&self) -> &str {
+        &self.inner.listen_addr
     }
 
     /// Why this node stopped by itself, if it has (see [`Node::failed`]).

@@ -128,6 +128,9 @@ impl Conn {
 pub struct Network {
     pub cluster_id: String,
     pub node_id: u64,
+    /// The least time an AppendEntries waits for its answer: the election timeout's lower
+    /// bound (see [`PeerClient::append_entries`]).
+    pub append_timeout_min: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -139,6 +142,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             cluster_id: self.cluster_id.clone(),
             from: self.node_id,
+            append_timeout_min: self.append_timeout_min,
             conn: None,
         }
     }
@@ -151,6 +155,7 @@ pub struct PeerClient {
     addr: String,
     cluster_id: String,
     from: u64,
+    append_timeout_min: Duration,
     conn: Option<Conn>,
 }
 
@@ -237,8 +242,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // IMPORTANT: openraft offers the heartbeat interval as the deadline. Used as the
+        // timeout, a round trip (or a follower's fsync) longer than a heartbeat fails every
+        // AppendEntries and nothing commits while the leader keeps its place. An answer
+        // within the election timeout is progress by Raft's own measure, as for a vote.
+        let ttl = option.hard_ttl().max(self.append_timeout_min);
         match self
-            .call(Request::AppendEntries(rpc), option.hard_ttl())
+            .call(Request::AppendEntries(rpc), ttl)
             .await
             .map_err(rpc_error)?
         {

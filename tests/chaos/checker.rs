@@ -62,6 +62,9 @@ pub enum Kind {
     WatchMissing,
     /// Nodes whose copies differ after healing.
     Diverged,
+    /// A fault the cluster did not heal from: a node that would not restart or join, a
+    /// member that could not be removed, a paused bucket that would not come back.
+    NotHealed,
 }
 
 /// One broken promise: what, of which key, and the events involved (indexes into the history).

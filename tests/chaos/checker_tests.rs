@@ -67,6 +67,7 @@ impl H {
         let call = Call::Get {
             key: "k".into(),
             linearizable: true,
+            scan: false,
         };
         self.op(call, Outcome::Read(got), from, to)
     }
@@ -74,6 +75,7 @@ impl H {
         let call = Call::Get {
             key: "k".into(),
             linearizable: false,
+            scan: false,
         };
         self.op(call, Outcome::Read(got), from, to)
     }

@@ -1,6 +1,6 @@
-//! One run: three `metakv serve` processes, [`CLIENTS`] clients on a few hot keys, one watcher
-//! per node, and the nemesis; then healing, final reads, the checker and a comparison of
-//! every node's copy.
+//! One run: three `metakv serve` processes behind proxies, [`CLIENTS`] clients on a few hot
+//! keys, one watcher per node, a cold bucket that is paused and resumed, and the nemesis;
+//! then healing, final reads, the checker and a comparison of every node's copy.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,15 +11,18 @@ use std::time::{Duration, Instant};
 use metakv::{Applied, Client, Consistency, Error, Expect, Kv, WatchEvent};
 
 use crate::checker::{self, Kind, Violation};
+use crate::cluster::{DISK_SLOT, Nodes};
 use crate::common::rng::Rng;
-use crate::common::{ProcCluster, serve_args};
 use crate::history::{Call, Event, Outcome, Seen, WatchLog};
-use crate::nemesis::{self, Fault};
+use crate::nemesis::{self, Cut, Fault};
 
 /// Hot keys: few, so that histories conflict.
 pub const KEYS: usize = 5;
 pub const CLIENTS: usize = 4;
 const BUCKET: &str = "b";
+/// A bucket nobody writes to after it is loaded, paused to an archive and resumed.
+const COLD: &str = "cold";
+const COLD_RECORDS: usize = 300;
 /// How long a client waits for one answer before it counts the outcome unknown.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -136,16 +139,18 @@ impl Report {
 pub async fn run(seed: u64, seconds: u64) -> Report {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
-    let cluster = ProcCluster::start(&dir, 3);
-    let addrs: Vec<String> = cluster.procs.iter().map(|p| p.addr.clone()).collect();
-    cluster.client().create_bucket(BUCKET).await.unwrap();
+    let nodes = Nodes::start(&dir, 3).await;
+    let addrs: Vec<String> = nodes.slots.iter().map(|s| s.listen.clone()).collect();
+    let client = nodes.client();
+    client.create_bucket(BUCKET).await.unwrap();
+    let cold = load_cold(&client).await;
     let start = Instant::now();
     let run_for = Duration::from_secs(seconds);
     let stop_clients = Arc::new(AtomicBool::new(false));
     let stop_watchers = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            tokio::spawn(client(
+            tokio::spawn(client_task(
                 i,
                 seed,
                 addrs.clone(),
@@ -174,7 +179,7 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
         })
         .collect();
     let schedule = nemesis::schedule(seed, run_for);
-    let (cluster, timeline, faults) = nemesis(cluster, dir.clone(), schedule, start).await;
+    let (nodes, timeline, faults, mut violations) = nemesis(nodes, schedule, start).await;
     tokio::time::sleep(run_for.saturating_sub(start.elapsed())).await;
     stop_clients.store(true, Ordering::Relaxed);
     let mut events = Vec::new();
@@ -183,9 +188,8 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
     }
     events.sort_by_key(|e| e.invoked);
     // Healed: every fault ended before the nemesis returned. Every node catches up.
-    let mut violations = Vec::new();
-    converge(&cluster, &mut violations).await;
-    let finals = final_reads(&cluster).await;
+    converge(&nodes, &mut violations).await;
+    let finals = final_reads(&nodes).await;
     // Watchers catch up to the final records, then stop.
     let newest = finals.values().flatten().map(|s| s.rev).max().unwrap_or(0);
     for _ in 0..100 {
@@ -203,10 +207,10 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
         w.await.unwrap();
     }
     let watches: Vec<WatchLog> = watches.iter().map(|w| w.lock().unwrap().clone()).collect();
-    compare_copies(&addrs, &mut violations).await;
+    compare_copies(&nodes, &cold, &mut violations).await;
     violations.extend(checker::check(&events, &finals, &watches));
-    drop(cluster);
     let dir = if violations.is_empty() {
+        drop(nodes);
         drop(tmp);
         dir
     } else {
@@ -219,6 +223,14 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
             text += &format!("watch of node {}: {:?}\n", w.node + 1, w);
         }
         let _ = std::fs::write(dir.join("history.txt"), text);
+        // The tmpfs goes with the nodes: its files are copied out first.
+        let disk = nodes.data_dir(DISK_SLOT);
+        drop(nodes);
+        let _ = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&disk)
+            .arg(dir.join(format!("slot{DISK_SLOT}.kept")))
+            .status();
         tmp.keep()
     };
     Report {
@@ -230,6 +242,28 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
         violations,
         dir,
     }
+}
+
+/// Fills the cold bucket; returns its records as written.
+async fn load_cold(client: &Client) -> Vec<(Vec<u8>, Vec<u8>)> {
+    client.create_bucket(COLD).await.unwrap();
+    let records: Vec<(Vec<u8>, Vec<u8>)> = (0..COLD_RECORDS)
+        .map(|i| {
+            (
+                format!("user/{i:04}").into_bytes(),
+                vec![b'a' + (i % 26) as u8; 512],
+            )
+        })
+        .collect();
+    for chunk in records.chunks(50) {
+        let puts = chunk
+            .iter()
+            .map(|(k, v)| client.put(COLD, k, v, Expect::Any));
+        for r in futures_util::future::join_all(puts).await {
+            r.unwrap();
+        }
+    }
+    records
 }
 
 async fn perform(client: &Client, call: &Call) -> Outcome {
@@ -251,30 +285,65 @@ async fn perform(client: &Client, call: &Call) -> Outcome {
         Call::Delete { key, expect } => {
             written(client.delete(BUCKET, key.as_bytes(), *expect).await)
         }
-        Call::Get { key, linearizable } => {
-            let consistency = if *linearizable {
-                Consistency::Linearizable
-            } else {
-                Consistency::Local
-            };
-            match client
-                .get_with(BUCKET, key.as_bytes(), consistency, true)
-                .await
-            {
-                Ok(r) => Outcome::Read(r.map(|r| Seen {
-                    value: String::from_utf8_lossy(&r.value).into_owned(),
-                    rev: r.rev,
-                    deleted: r.deleted,
-                })),
-                Err(e) => Outcome::Unknown(e.to_string()),
-            }
-        }
+        Call::Get {
+            key, linearizable, ..
+        } => match client
+            .get_with(BUCKET, key.as_bytes(), consistency(*linearizable), true)
+            .await
+        {
+            Ok(r) => Outcome::Read(r.map(|r| seen(&r))),
+            Err(e) => Outcome::Unknown(e.to_string()),
+        },
     }
 }
 
+fn consistency(linearizable: bool) -> Consistency {
+    if linearizable {
+        Consistency::Linearizable
+    } else {
+        Consistency::Local
+    }
+}
+
+fn seen(r: &metakv::Record) -> Seen {
+    Seen {
+        value: String::from_utf8_lossy(&r.value).into_owned(),
+        rev: r.rev,
+        deleted: r.deleted,
+    }
+}
+
+/// A scan of the whole bucket (one page: it holds every hot key), as one read of each hot
+/// key at the scan's times; `None` when it failed.
+async fn scan(client: &Client, linearizable: bool) -> Option<Vec<(Call, Outcome)>> {
+    let page = client
+        .scan(BUCKET, b"", None, 1000, true, consistency(linearizable))
+        .await
+        .ok()?;
+    let found: BTreeMap<String, Seen> = page
+        .items
+        .iter()
+        .map(|(k, r)| (String::from_utf8_lossy(k).into_owned(), seen(r)))
+        .collect();
+    Some(
+        (0..KEYS)
+            .map(|k| {
+                let key = format!("k{k}");
+                let outcome = Outcome::Read(found.get(&key).cloned());
+                let call = Call::Get {
+                    key,
+                    linearizable,
+                    scan: true,
+                };
+                (call, outcome)
+            })
+            .collect(),
+    )
+}
+
 /// One client: puts (plain, on a revision it saw, on absence), deletes (plain, on a
-/// revision), linearizable and local gets, on the hot keys, until told to stop.
-async fn client(
+/// revision), linearizable and local gets and scans, on the hot keys, until told to stop.
+async fn client_task(
     i: usize,
     seed: u64,
     mut endpoints: Vec<String>,
@@ -320,14 +389,40 @@ async fn client(
                 key,
                 expect: Expect::Rev(last_rev[k]),
             },
-            65..90 => Call::Get {
+            65..85 => Call::Get {
                 key,
                 linearizable: true,
+                scan: false,
             },
-            _ => Call::Get {
+            85..92 => Call::Get {
                 key,
                 linearizable: false,
+                scan: false,
             },
+            n => {
+                let linearizable = n < 97;
+                let invoked = start.elapsed();
+                let reads = scan(&client, linearizable).await;
+                let completed = start.elapsed();
+                if reads.is_none() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                for (call, outcome) in reads.into_iter().flatten() {
+                    if let Outcome::Read(Some(s)) = &outcome {
+                        let k: usize = call.key()[1..].parse().unwrap();
+                        last_rev[k] = s.rev;
+                    }
+                    out.push(Event {
+                        client: i,
+                        node,
+                        call,
+                        outcome,
+                        invoked,
+                        completed,
+                    });
+                }
+                continue;
+            }
         };
         let invoked = start.elapsed();
         let outcome = perform(&client, &call).await;
@@ -396,27 +491,38 @@ async fn watcher(addr: String, log: Arc<Mutex<WatchLog>>, stop: Arc<AtomicBool>)
     }
 }
 
-/// Carries out the schedule on its own task; returns the cluster, healed, and the timeline.
+type Timeline = Vec<(Duration, String)>;
+type Faults = Vec<(Duration, &'static str, Option<usize>)>;
+
+/// Carries out the schedule on its own task; returns the cluster, healed, the timeline, and
+/// what did not heal (a node that would not restart, a bucket that would not come back).
 async fn nemesis(
-    cluster: ProcCluster,
-    dir: PathBuf,
+    nodes: Nodes,
     schedule: Vec<(Duration, Fault)>,
     start: Instant,
-) -> (
-    ProcCluster,
-    Vec<(Duration, String)>,
-    Vec<(Duration, &'static str, Option<usize>)>,
-) {
+) -> (Nodes, Timeline, Faults, Vec<Violation>) {
     let task = tokio::spawn(async move {
-        let mut cluster = cluster;
-        let (mut timeline, mut faults) = (Vec::new(), Vec::new());
+        let mut nodes = nodes;
+        let (mut timeline, mut faults, mut unhealed) = (Vec::new(), Vec::new(), Vec::new());
         for (at, fault) in schedule {
             tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
-            let (injected, struck, what) = inject(&mut cluster, &dir, fault, start).await;
+            let injected = start.elapsed();
+            let (struck, what) = match inject(&mut nodes, fault).await {
+                Ok(done) => done,
+                Err(why) => {
+                    unhealed.push(Violation {
+                        kind: Kind::NotHealed,
+                        key: String::new(),
+                        message: format!("{} at {injected:?}: {why}", fault.kind()),
+                        events: Vec::new(),
+                    });
+                    (None, format!("{}: did not heal: {why}", fault.kind()))
+                }
+            };
             timeline.push((injected, what));
             faults.push((injected, fault.kind(), struck));
         }
-        (cluster, timeline, faults)
+        (nodes, timeline, faults, unhealed)
     });
     task.await.unwrap()
 }
@@ -427,47 +533,28 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// Restarts node `i` (0-based) on its files and address.
-fn restart(cluster: &mut ProcCluster, dir: &std::path::Path, i: usize) {
-    let id = i as u64 + 1;
-    let args = [
-        "--id".to_owned(),
-        id.to_string(),
-        "--listen".to_owned(),
-        cluster.procs[i].addr.clone(),
-        "--data-dir".to_owned(),
-        dir.join(format!("node{id}")).display().to_string(),
-    ];
-    cluster.procs[i] = tokio::task::block_in_place(|| serve_args(dir, id, &args));
-}
-
-/// Carries out one fault and heals it; returns when it was injected, the node it struck (a
-/// kill or a pause), and what it did.
-async fn inject(
-    cluster: &mut ProcCluster,
-    dir: &std::path::Path,
-    fault: Fault,
-    start: Instant,
-) -> (Duration, Option<usize>, String) {
-    let leader = cluster.leader().await;
-    let follower = (leader + 1) % cluster.procs.len();
-    let injected = start.elapsed();
-    let what = match fault {
+/// Carries out one fault and heals it; returns the slot it struck (a kill, a pause, an
+/// isolated node) and what it did, or why the cluster did not heal.
+async fn inject(nodes: &mut Nodes, fault: Fault) -> Result<(Option<usize>, String), String> {
+    let leader = nodes.leader().await;
+    let follower = nodes.follower_of(leader);
+    let kind = fault.kind();
+    let (struck, what) = match fault {
         Fault::KillLeader { down } | Fault::KillFollower { down } => {
             let i = if matches!(fault, Fault::KillLeader { .. }) {
                 leader
             } else {
                 follower
             };
-            let child = &mut cluster.procs[i].child;
-            let _ = child.kill();
-            let _ = child.wait();
+            nodes.kill(i);
             tokio::time::sleep(down).await;
-            restart(cluster, dir, i);
-            format!(
-                "{}: node {} killed, restarted after {down:?}",
-                fault.kind(),
-                i + 1
+            nodes.restart(i).await?;
+            (
+                Some(i),
+                format!(
+                    "{kind}: node {} killed, restarted after {down:?}",
+                    nodes.slots[i].id
+                ),
             )
         }
         Fault::PauseLeader { frozen } | Fault::PauseFollower { frozen } => {
@@ -476,14 +563,17 @@ async fn inject(
             } else {
                 follower
             };
-            let pid = cluster.procs[i].child.id();
+            let pid = nodes.slots[i].proc.as_ref().map_or(0, |p| p.child.id());
             signal(pid, "-STOP");
             tokio::time::sleep(frozen).await;
             signal(pid, "-CONT");
-            format!("{}: node {} frozen for {frozen:?}", fault.kind(), i + 1)
+            (
+                Some(i),
+                format!("{kind}: node {} frozen for {frozen:?}", nodes.slots[i].id),
+            )
         }
         Fault::Gc => {
-            let client = cluster.client().with_timeout(Duration::from_secs(5));
+            let client = nodes.client().with_timeout(Duration::from_secs(5));
             let outcome = match client.gc_run(false, Some(0)).await {
                 Ok(job) => match client.gc_wait(job, Duration::from_millis(100)).await {
                     Ok(record) => format!("job {job}: {:?}", record.outcome),
@@ -491,58 +581,280 @@ async fn inject(
                 },
                 Err(e) => e.to_string(),
             };
-            format!("gc: {outcome}")
+            (None, format!("gc: {outcome}"))
         }
         Fault::Compact { nth } => {
-            let client = Client::new(vec![cluster.procs[nth].addr.clone()], "metakv")
-                .with_timeout(Duration::from_secs(10));
+            let slot = nodes.nth_member(nth);
+            let client = nodes.client_of(slot, Duration::from_secs(10));
             let outcome = match client.compact_node().await {
                 Ok(c) => format!("{} -> {} bytes", c.bytes_before, c.bytes_after),
                 Err(e) => e.to_string(),
             };
-            format!("compact: node {}: {outcome}", nth + 1)
+            (
+                None,
+                format!("compact: node {}: {outcome}", nodes.slots[slot].id),
+            )
         }
         Fault::Backup { nth } => {
-            let client = Client::new(vec![cluster.procs[nth].addr.clone()], "metakv")
-                .with_timeout(Duration::from_secs(10));
-            let file = dir.join(format!("backup-{nth}.mkva"));
+            let slot = nodes.nth_member(nth);
+            let client = nodes.client_of(slot, Duration::from_secs(10));
+            let file = nodes.dir.join(format!("backup-{nth}.mkva"));
             let outcome = match client.backup(&file, |_, _| {}).await {
                 Ok(info) => format!("{} bytes at revision {}", info.bytes, info.rev),
                 Err(e) => e.to_string(),
             };
             let _ = std::fs::remove_file(&file);
-            format!("backup through node {}: {outcome}", nth + 1)
+            (
+                None,
+                format!("backup through node {}: {outcome}", nodes.slots[slot].id),
+            )
+        }
+        Fault::Partition { cut, held } => {
+            let others: Vec<usize> = nodes.members().filter(|&s| s != leader).collect();
+            let (struck, desc) = match cut {
+                Cut::IsolateLeader => {
+                    nodes.net.cut(&[leader], &others);
+                    nodes.net.cut(&others, &[leader]);
+                    (leader, "isolated")
+                }
+                Cut::IsolateFollower => {
+                    let rest: Vec<usize> = nodes.members().filter(|&s| s != follower).collect();
+                    nodes.net.cut(&[follower], &rest);
+                    nodes.net.cut(&rest, &[follower]);
+                    (follower, "isolated")
+                }
+                Cut::LeaderMute => {
+                    nodes.net.cut(&[leader], &others);
+                    (leader, "unheard by the others")
+                }
+                Cut::LeaderDeaf => {
+                    nodes.net.cut(&others, &[leader]);
+                    (leader, "deaf to the others")
+                }
+                Cut::Bridge => {
+                    nodes.net.cut(&[leader], &[follower]);
+                    nodes.net.cut(&[follower], &[leader]);
+                    (leader, "cut from one follower")
+                }
+            };
+            tokio::time::sleep(held).await;
+            nodes.net.heal();
+            (
+                Some(struck),
+                format!(
+                    "{kind}: node {} {desc} for {held:?}",
+                    nodes.slots[struck].id
+                ),
+            )
+        }
+        Fault::Delay { delay, held } => {
+            nodes.net.set_delay(delay);
+            tokio::time::sleep(held).await;
+            nodes.net.heal();
+            (
+                None,
+                format!("{kind}: {delay:?} between nodes for {held:?}"),
+            )
+        }
+        Fault::AddRemove { held } => {
+            let slot = nodes.add().await?;
+            let id = nodes.slots[slot].id;
+            tokio::time::sleep(held).await;
+            remove(nodes, id).await?;
+            nodes.kill(slot);
+            nodes.slots[slot].member = false;
+            (
+                None,
+                format!("{kind}: node {id} joined, removed after {held:?}"),
+            )
+        }
+        Fault::Replace => {
+            let old = nodes.slots[follower].id;
+            nodes.kill(follower);
+            nodes.slots[follower].member = false;
+            wipe(&nodes.data_dir(follower)).map_err(|e| format!("wiping: {e}"))?;
+            remove(nodes, old).await?;
+            let new = nodes.fresh_id();
+            nodes.slots[follower].id = new;
+            let seed = nodes.slots[leader].advertise.clone();
+            let mut last = String::new();
+            for _ in 0..20 {
+                match nodes.launch(follower, Some(seed.clone())) {
+                    Ok(()) => break,
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if !nodes.slots[follower].member {
+                return Err(format!(
+                    "node {new} did not join in node {old}'s place: {last}"
+                ));
+            }
+            (
+                Some(follower),
+                format!("{kind}: node {old} wiped and removed, node {new} joined in its place"),
+            )
+        }
+        Fault::Hibernate { kill_after, down } => {
+            let outcome = hibernate(nodes, kill_after, down).await?;
+            (Some(leader), format!("{kind}: {outcome}"))
+        }
+        Fault::FullDisk { held } => {
+            let data = nodes.data_dir(DISK_SLOT);
+            if let Err(e) = &nodes.disk {
+                (None, format!("{kind}: skipped (no tmpfs: {e})"))
+            } else {
+                let filler = tokio::task::block_in_place(|| crate::common::disk::fill(&data, 0));
+                tokio::time::sleep(held).await;
+                let _ = std::fs::remove_file(&filler);
+                let stopped = !nodes.running(DISK_SLOT);
+                if stopped {
+                    nodes.kill(DISK_SLOT);
+                    nodes.restart(DISK_SLOT).await?;
+                }
+                (
+                    Some(DISK_SLOT),
+                    format!(
+                        "{kind}: node {}'s disk full for {held:?}{}",
+                        nodes.slots[DISK_SLOT].id,
+                        if stopped {
+                            "; it stopped and was restarted"
+                        } else {
+                            ""
+                        }
+                    ),
+                )
+            }
         }
     };
-    let struck = match fault {
-        Fault::KillLeader { .. } | Fault::PauseLeader { .. } => Some(leader),
-        Fault::KillFollower { .. } | Fault::PauseFollower { .. } => Some(follower),
-        _ => None,
-    };
-    (injected, struck, what)
+    Ok((struck, what))
 }
 
-/// Waits (30 s at most) until every node has applied everything the leader has in its log.
-async fn converge(cluster: &ProcCluster, violations: &mut Vec<Violation>) {
-    let leader = cluster.leader().await;
-    let status = |i: usize| {
-        let addr = cluster.procs[i].addr.clone();
-        async move {
-            Client::new(vec![addr], "metakv")
-                .with_timeout(Duration::from_secs(2))
-                .status()
-                .await
+/// Removes member `id`, retrying while the cluster elects (20 s at most).
+async fn remove(nodes: &Nodes, id: u64) -> Result<(), String> {
+    let client = nodes.client().with_timeout(Duration::from_secs(5));
+    let mut last = String::new();
+    for _ in 0..40 {
+        match client.remove_node(id).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e.to_string(),
         }
-    };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!("node {id} could not be removed: {last}"))
+}
+
+/// Removes everything in `dir` (it may be a mount point, which stays).
+fn wipe(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pauses the cold bucket and resumes it, killing the leader `kill_after` into each
+/// operation; ends with the bucket active again, or says why it is not.
+async fn hibernate(
+    nodes: &mut Nodes,
+    kill_after: Duration,
+    down: Duration,
+) -> Result<String, String> {
+    let archive = nodes.dir.join("archive").display().to_string();
+    let mut story = Vec::new();
+    for resume in [false, true] {
+        let client = nodes.client().with_timeout(Duration::from_secs(5));
+        let started = if resume {
+            client.start_resume(COLD, None).await
+        } else {
+            client.start_pause(COLD, &archive).await
+        };
+        let verb = if resume { "resume" } else { "pause" };
+        story.push(match &started {
+            Ok(op) => format!("{verb} op {op} started"),
+            Err(e) => format!("{verb} refused: {e}"),
+        });
+        if started.is_ok() {
+            tokio::time::sleep(kill_after).await;
+            let leader = nodes.leader().await;
+            nodes.kill(leader);
+            tokio::time::sleep(down).await;
+            nodes.restart(leader).await?;
+            story.push(format!("leader {} killed", nodes.slots[leader].id));
+        }
+        let state = settle(nodes).await?;
+        story.push(format!("settled {}", state.as_str()));
+        if state == metakv::BucketState::Active {
+            if resume {
+                break;
+            }
+            // The pause was rolled back: the bucket serves again and there is nothing to resume.
+            return Ok(story.join(", "));
+        }
+    }
+    // A resume interrupted and rolled back leaves the bucket paused: resume it, unharmed.
+    for _ in 0..3 {
+        if settle(nodes).await? == metakv::BucketState::Active {
+            return Ok(story.join(", "));
+        }
+        let client = nodes.client().with_timeout(Duration::from_secs(5));
+        match client.resume_bucket(COLD, None).await {
+            Ok(_) => story.push("resumed again".into()),
+            Err(e) => story.push(format!("resume again: {e}")),
+        }
+    }
+    match settle(nodes).await? {
+        metakv::BucketState::Active => Ok(story.join(", ")),
+        other => Err(format!(
+            "the cold bucket stayed {}: {}",
+            other.as_str(),
+            story.join(", ")
+        )),
+    }
+}
+
+/// Waits (30 s at most) until the cold bucket has no operation running and is active or
+/// paused; returns which.
+async fn settle(nodes: &Nodes) -> Result<metakv::BucketState, String> {
+    let client = nodes.client().with_timeout(Duration::from_secs(2));
+    let mut last = String::new();
+    for _ in 0..150 {
+        match client.hibernation(COLD).await {
+            Ok(h)
+                if h.running.is_none()
+                    && matches!(
+                        h.state,
+                        metakv::BucketState::Active | metakv::BucketState::Paused
+                    ) =>
+            {
+                return Ok(h.state);
+            }
+            Ok(h) => last = format!("{:?}", h.state),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "the cold bucket did not settle within 30 s: {last}"
+    ))
+}
+
+/// Waits (30 s at most) until every member has applied everything the leader has in its log.
+async fn converge(nodes: &Nodes, violations: &mut Vec<Violation>) {
     let mut seen = Vec::new();
     for _ in 0..300 {
-        let Ok(l) = status(leader).await else {
+        let leader = nodes.leader().await;
+        let Some(l) = nodes.status(leader).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         seen.clear();
-        for i in 0..cluster.procs.len() {
-            seen.push(status(i).await.map(|s| s.applied).unwrap_or(0));
+        for s in nodes.members() {
+            seen.push(nodes.status(s).await.map_or(0, |s| s.applied));
         }
         if seen.iter().all(|&a| a >= l.last_log_index) {
             return;
@@ -558,8 +870,8 @@ async fn converge(cluster: &ProcCluster, violations: &mut Vec<Violation>) {
 }
 
 /// Every key's record after healing, read linearizably (tombstones included).
-async fn final_reads(cluster: &ProcCluster) -> BTreeMap<String, Option<Seen>> {
-    let client = cluster.client().with_timeout(Duration::from_secs(5));
+async fn final_reads(nodes: &Nodes) -> BTreeMap<String, Option<Seen>> {
+    let client = nodes.client().with_timeout(Duration::from_secs(5));
     let mut out = BTreeMap::new();
     for k in 0..KEYS {
         let key = format!("k{k}");
@@ -570,11 +882,7 @@ async fn final_reads(cluster: &ProcCluster) -> BTreeMap<String, Option<Seen>> {
                 .await
             {
                 Ok(r) => {
-                    last = Some(r.map(|r| Seen {
-                        value: String::from_utf8_lossy(&r.value).into_owned(),
-                        rev: r.rev,
-                        deleted: r.deleted,
-                    }));
+                    last = Some(r.map(|r| seen(&r)));
                     break;
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -588,48 +896,65 @@ async fn final_reads(cluster: &ProcCluster) -> BTreeMap<String, Option<Seen>> {
     out
 }
 
-/// Every node's own copy of the bucket (tombstones included) must be the same, and every
-/// node's `check` clean.
-async fn compare_copies(addrs: &[String], violations: &mut Vec<Violation>) {
+/// Every member's own copy of the hot bucket (tombstones included) must be the same, every
+/// member's copy of the cold bucket must be what was loaded, and every member's `check`
+/// clean.
+async fn compare_copies(
+    nodes: &Nodes,
+    cold: &[(Vec<u8>, Vec<u8>)],
+    violations: &mut Vec<Violation>,
+) {
+    let diverged = |message: String| Violation {
+        kind: Kind::Diverged,
+        key: String::new(),
+        message,
+        events: Vec::new(),
+    };
     let mut copies = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        let client =
-            Client::new(vec![addr.clone()], "metakv").with_timeout(Duration::from_secs(10));
+    for s in nodes.members() {
+        let id = nodes.slots[s].id;
+        let client = nodes.client_of(s, Duration::from_secs(10));
         let rows: Vec<_> = crate::common::local_records(&client, BUCKET)
             .await
             .into_iter()
             .map(|(k, r)| (k, r.rev, r.deleted, r.value))
             .collect();
-        match client.check_node().await {
-            Ok(c) if c.ok => {}
-            Ok(c) => violations.push(Violation {
-                kind: Kind::Diverged,
-                key: String::new(),
-                message: format!("node {}'s check found problems: {:?}", i + 1, c.problems),
-                events: Vec::new(),
-            }),
-            Err(e) => violations.push(Violation {
-                kind: Kind::Diverged,
-                key: String::new(),
-                message: format!("node {}'s check failed: {e}", i + 1),
-                events: Vec::new(),
-            }),
-        }
-        copies.push(rows);
-    }
-    for (i, c) in copies.iter().enumerate().skip(1) {
-        if *c != copies[0] {
+        let cold_rows: Vec<(Vec<u8>, Vec<u8>)> = crate::common::local_records(&client, COLD)
+            .await
+            .into_iter()
+            .filter(|(_, r)| !r.deleted)
+            .map(|(k, r)| (k, r.value))
+            .collect();
+        if cold_rows != cold {
             violations.push(Violation {
-                kind: Kind::Diverged,
+                kind: Kind::LostWrite,
                 key: String::new(),
                 message: format!(
-                    "node {}'s copy ({} rows) differs from node 1's ({} rows)",
-                    i + 1,
-                    c.len(),
-                    copies[0].len()
+                    "node {id}'s cold bucket holds {} records, not the {} loaded (or other values)",
+                    cold_rows.len(),
+                    cold.len()
                 ),
                 events: Vec::new(),
             });
+        }
+        match client.check_node().await {
+            Ok(c) if c.ok => {}
+            Ok(c) => violations.push(diverged(format!(
+                "node {id}'s check found problems: {:?}",
+                c.problems
+            ))),
+            Err(e) => violations.push(diverged(format!("node {id}'s check failed: {e}"))),
+        }
+        copies.push((id, rows));
+    }
+    for (id, c) in copies.iter().skip(1) {
+        if *c != copies[0].1 {
+            violations.push(diverged(format!(
+                "node {id}'s copy ({} rows) differs from node {}'s ({} rows)",
+                c.len(),
+                copies[0].0,
+                copies[0].1.len()
+            )));
         }
     }
 }

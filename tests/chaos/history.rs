@@ -18,10 +18,12 @@ pub enum Call {
         key: String,
         expect: Expect,
     },
-    /// A read that includes tombstones, so that every record read carries its revision.
+    /// A read that includes tombstones, so that every record read carries its revision;
+    /// `scan`: this key's part of a scan of the whole bucket.
     Get {
         key: String,
         linearizable: bool,
+        scan: bool,
     },
 }
 

@@ -1,7 +1,9 @@
 //! metakv's fault-injection suite: real `metakv serve` processes driven through the public
 //! `Client` by concurrent clients and one watcher per node, under a seeded nemesis (kill -9
-//! and SIGSTOP of leaders and followers, GC jobs, live compactions, backups), with every
-//! key's history checked for linearizability and every node's copy compared after healing.
+//! and SIGSTOP of leaders and followers, partitions and delays through proxies between the
+//! nodes, membership changes, a full disk, pauses and resumes with the leader killed, GC jobs,
+//! live compactions, backups), with every key's history checked for linearizability and every
+//! node's copy compared after healing.
 //! See `docs/reliability.md`.
 
 #[path = "../common/mod.rs"]
@@ -10,9 +12,13 @@ mod common;
 mod checker;
 #[cfg(test)]
 mod checker_tests;
+mod cluster;
 mod harness;
 mod history;
 mod nemesis;
+mod net;
+#[cfg(test)]
+mod slow_network;
 
 use std::io::Write;
 
@@ -55,6 +61,9 @@ async fn short_seeded_runs_break_no_promise() {
     let seeds = std::env::var("CHAOS_SEEDS").unwrap_or_else(|_| "1,2,3".into());
     for seed in seeds.split(',').map(|s| s.trim().parse::<u64>().unwrap()) {
         let report = harness::run(seed, seconds).await;
+        for (at, what) in &report.timeline {
+            eprintln!("  [{:>8.3}s] {what}", at.as_secs_f64());
+        }
         eprintln!("{}", summary(&report));
         assert!(report.violations.is_empty(), "{}", report.explain());
     }

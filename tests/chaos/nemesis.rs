@@ -3,6 +3,7 @@
 //! follower), not a node: which node that is depends on the run.
 //!
 //! One fault at a time, each healed before the next: a 3-node cluster survives any one.
+//! (A membership change passes through 2 and 4 members; a partition leaves a majority.)
 
 use std::time::Duration;
 
@@ -34,6 +35,49 @@ pub enum Fault {
     Backup {
         nth: usize,
     },
+    /// Cut links between nodes (see [`Cut`]) for `held`, then heal.
+    Partition {
+        cut: Cut,
+        held: Duration,
+    },
+    /// Every byte between nodes waits `delay` (in order), for `held`.
+    Delay {
+        delay: Duration,
+        held: Duration,
+    },
+    /// A fourth node joins, serves for `held`, and is removed again.
+    AddRemove {
+        held: Duration,
+    },
+    /// A follower is killed, its data dir wiped, its id removed, and a new node (a new id,
+    /// the same addresses) joins in its place.
+    Replace,
+    /// The cold bucket is paused to an archive and resumed, and the leader is killed
+    /// `kill_after` into each operation, restarted after `down`.
+    Hibernate {
+        kill_after: Duration,
+        down: Duration,
+    },
+    /// The disk of one node ([`crate::cluster::DISK_SLOT`]) full for `held`; the node is
+    /// restarted once space is back if it stopped.
+    FullDisk {
+        held: Duration,
+    },
+}
+
+/// Which links a partition cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The leader from every other node, both ways: a leader in a minority of one.
+    IsolateLeader,
+    /// A follower from every other node, both ways.
+    IsolateFollower,
+    /// The leader's sends only: it hears the others but they do not hear it.
+    LeaderMute,
+    /// The leader's receives only: the others hear it but it does not hear them.
+    LeaderDeaf,
+    /// The leader and one follower, both ways; the third node still reaches both.
+    Bridge,
 }
 
 impl Fault {
@@ -50,6 +94,18 @@ impl Fault {
             Fault::Gc => "gc",
             Fault::Compact { .. } => "compact",
             Fault::Backup { .. } => "backup",
+            Fault::Partition { cut, .. } => match cut {
+                Cut::IsolateLeader => "partition-isolate-leader",
+                Cut::IsolateFollower => "partition-isolate-follower",
+                Cut::LeaderMute => "partition-leader-mute",
+                Cut::LeaderDeaf => "partition-leader-deaf",
+                Cut::Bridge => "partition-bridge",
+            },
+            Fault::Delay { .. } => "delay",
+            Fault::AddRemove { .. } => "member-add-remove",
+            Fault::Replace => "member-replace-wiped",
+            Fault::Hibernate { .. } => "pause-resume-leader-killed",
+            Fault::FullDisk { .. } => "full-disk",
         }
     }
 }
@@ -62,7 +118,7 @@ pub fn schedule(seed: u64, run: Duration) -> Vec<(Duration, Fault)> {
     let end = run.saturating_sub(Duration::from_secs(3));
     while at < end {
         let ms = |rng: &mut Rng, lo, hi| Duration::from_millis(rng.range(lo, hi));
-        let fault = match rng.below(9) {
+        let fault = match rng.below(19) {
             0 => Fault::KillLeader {
                 down: ms(&mut rng, 50, 400),
             },
@@ -83,7 +139,32 @@ pub fn schedule(seed: u64, run: Duration) -> Vec<(Duration, Fault)> {
             },
             6 => Fault::Gc,
             7 => Fault::Compact { nth: rng.below(3) },
-            _ => Fault::Backup { nth: rng.below(3) },
+            8 => Fault::Backup { nth: rng.below(3) },
+            9..14 => Fault::Partition {
+                cut: [
+                    Cut::IsolateLeader,
+                    Cut::IsolateFollower,
+                    Cut::LeaderMute,
+                    Cut::LeaderDeaf,
+                    Cut::Bridge,
+                ][rng.below(5)],
+                held: ms(&mut rng, 500, 4_000),
+            },
+            14 => Fault::Delay {
+                delay: ms(&mut rng, 10, 200),
+                held: ms(&mut rng, 1_000, 4_000),
+            },
+            15 => Fault::AddRemove {
+                held: ms(&mut rng, 200, 2_000),
+            },
+            16 => Fault::Replace,
+            17 => Fault::Hibernate {
+                kill_after: ms(&mut rng, 0, 300),
+                down: ms(&mut rng, 50, 1_500),
+            },
+            _ => Fault::FullDisk {
+                held: ms(&mut rng, 500, 3_000),
+            },
         };
         out.push((at, fault));
         at += ms(&mut rng, 1_000, 3_000);

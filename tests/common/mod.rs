@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use metakv::{Consistency, Kv, Node, NodeConfig, Record, Role, store::Expect};
 
+pub mod disk;
 pub mod gate;
 pub mod rng;
 
@@ -169,31 +170,40 @@ pub fn serve(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Proc {
 }
 
 /// Starts `metakv serve ARGS`, logging to `dir/node<id>.log`, and reads the address it
-/// listens on from its first line.
+/// listens on from its first line ("... listening on ADDR[, advertised as OTHER]").
 pub fn serve_args(dir: &Path, id: u64, args: &[String]) -> Proc {
+    try_serve_args(dir, id, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The same; a node that does not come up is an `Err` with its log.
+pub fn try_serve_args(dir: &Path, id: u64, args: &[String]) -> Result<Proc, String> {
     // Appended to: a node restarted on its files keeps the log of its earlier lives.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("node{id}.log")))
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_metakv"));
     cmd.arg("serve")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(log);
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(
-        addr.starts_with("127.0.0.1:"),
-        "node {id} printed {line:?}; log: {}",
-        std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default()
-    );
-    Proc { child, addr }
+    let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    let addr = line
+        .split_once(" listening on ")
+        .map(|(_, rest)| rest.trim().split(',').next().unwrap_or_default())
+        .unwrap_or_default()
+        .to_owned();
+    let proc = Proc { child, addr };
+    if !proc.addr.starts_with("127.0.0.1:") {
+        return Err(format!(
+            "node {id} printed {line:?}; log: {}",
+            std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default()
+        ));
+    }
+    Ok(proc)
 }
 
 /// Writes `n` records to `bucket` and deletes all but every `keep_every`-th; returns the keys

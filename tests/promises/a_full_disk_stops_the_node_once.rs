@@ -6,74 +6,11 @@
 //! space is back, the node restarts on its files and catches up: every write acknowledged by
 //! the cluster is there.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use crate::common::disk::{Tmpfs, fill};
 use crate::common::{ProcCluster, serve_args};
 use metakv::{Client, Consistency, Expect, Kv};
-
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, bytes: u64) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
-            .arg("tmpfs")
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs and needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the file system that holds `dir` up to its last `keep` bytes.
-fn fill(dir: &Path, keep: u64) -> PathBuf {
-    let free = {
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let filler = dir.join("filler");
-    let f = std::fs::File::create(&filler).unwrap();
-    f.set_len(0).unwrap();
-    use std::io::Write;
-    let mut w = std::io::BufWriter::new(f);
-    let chunk = vec![0u8; 1 << 16];
-    let mut left = free.saturating_sub(keep);
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        if w.write_all(&chunk[..n]).is_err() {
-            break;
-        }
-        left -= n as u64;
-    }
-    let _ = w.flush();
-    filler
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_a_full_disk_stops_once_and_recovers_after_a_restart() {

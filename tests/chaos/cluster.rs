@@ -1,0 +1,227 @@
+//! The cluster under test: `metakv serve` processes in slots. A slot has a data dir, an
+//! address its node listens on (the clients dial it directly) and a proxy the node advertises
+//! (the other nodes dial that, see [`crate::net`]). A slot keeps its addresses for the whole
+//! run; the node in it changes when it is replaced by a wiped one with a new id.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use metakv::{Client, Kv, NodeStatus, Role};
+
+use crate::common::disk::Tmpfs;
+use crate::common::{Proc, try_serve_args};
+use crate::net::Net;
+
+/// The slot whose data dir is a small tmpfs of its own, for the full-disk fault.
+pub const DISK_SLOT: usize = 2;
+const DISK_BYTES: u64 = 512 << 20;
+
+pub struct Slot {
+    pub id: u64,
+    /// `None` while the node is down, and after it was removed.
+    pub proc: Option<Proc>,
+    /// Where its node listens (the clients' endpoint).
+    pub listen: String,
+    /// Its proxy: the address the node advertises.
+    pub advertise: String,
+    /// A member of the cluster (a removed node's slot is not).
+    pub member: bool,
+}
+
+pub struct Nodes {
+    pub dir: PathBuf,
+    pub net: Net,
+    pub slots: Vec<Slot>,
+    next_id: u64,
+    /// The tmpfs of [`DISK_SLOT`], when this process may mount one (it needs root).
+    pub disk: Result<Tmpfs, String>,
+}
+
+impl Nodes {
+    /// `n` nodes: slot 0's node initializes the cluster, the others join through its proxy.
+    pub async fn start(dir: &Path, n: usize) -> Nodes {
+        let disk = Tmpfs::try_mount(&dir.join(format!("slot{DISK_SLOT}")), DISK_BYTES);
+        let mut nodes = Nodes {
+            dir: dir.to_owned(),
+            net: Net::default(),
+            slots: Vec::new(),
+            next_id: 1,
+            disk,
+        };
+        for _ in 0..n {
+            nodes
+                .add()
+                .await
+                .expect("a node of the first cluster starts");
+        }
+        nodes
+    }
+
+    pub fn data_dir(&self, slot: usize) -> PathBuf {
+        self.dir.join(format!("slot{slot}"))
+    }
+
+    /// An id no node of this run has had.
+    pub fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    /// Starts a new node in a new slot, joining through a member's proxy (none for the first).
+    pub async fn add(&mut self) -> Result<usize, String> {
+        let slot = self.slots.len();
+        let advertise = self.net.proxy(slot).await;
+        let id = self.fresh_id();
+        // Chosen before the node starts: its proxy must know where to relay while it joins
+        // (the node prints its address only once it has joined).
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .to_string();
+        self.slots.push(Slot {
+            id,
+            proc: None,
+            listen,
+            advertise,
+            member: false,
+        });
+        let seed = self
+            .members()
+            .next()
+            .map(|s| self.slots[s].advertise.clone());
+        self.launch(slot, seed)?;
+        Ok(slot)
+    }
+
+    /// Starts slot `slot`'s node on its files and addresses, or joining `seed` (a new node).
+    pub fn launch(&mut self, slot: usize, seed: Option<String>) -> Result<(), String> {
+        let s = &self.slots[slot];
+        let mut args = vec![
+            "--id".to_owned(),
+            s.id.to_string(),
+            "--listen".to_owned(),
+            s.listen.clone(),
+            "--advertise".to_owned(),
+            s.advertise.clone(),
+            "--data-dir".to_owned(),
+            self.data_dir(slot).display().to_string(),
+        ];
+        if let Some(seed) = seed {
+            args.extend(["--join".to_owned(), seed]);
+        }
+        self.net.set_node(slot, None, &s.listen);
+        let proc = tokio::task::block_in_place(|| try_serve_args(&self.dir, s.id, &args))?;
+        let s = &mut self.slots[slot];
+        s.member = true;
+        self.net.set_node(slot, Some(proc.child.id()), &s.listen);
+        s.proc = Some(proc);
+        Ok(())
+    }
+
+    /// Restarts slot `slot`'s node on its files, trying for up to 10 s (a port freed by a
+    /// killed process can take a moment to bind again).
+    pub async fn restart(&mut self, slot: usize) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..20 {
+            match self.launch(slot, None) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(last)
+    }
+
+    /// `kill -9` of slot `slot`'s node.
+    pub fn kill(&mut self, slot: usize) {
+        if let Some(mut p) = self.slots[slot].proc.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.net
+            .set_node(slot, None, &self.slots[slot].listen.clone());
+    }
+
+    /// Whether slot `slot`'s process is still running (a node whose disk failed exits).
+    pub fn running(&mut self, slot: usize) -> bool {
+        self.slots[slot]
+            .proc
+            .as_mut()
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// The slots of members, in order.
+    pub fn members(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(|&s| self.slots[s].member)
+    }
+
+    /// A client through slot `slot`'s node only.
+    pub fn client_of(&self, slot: usize, timeout: Duration) -> Client {
+        Client::new(vec![self.slots[slot].listen.clone()], "metakv").with_timeout(timeout)
+    }
+
+    /// A client through every member.
+    pub fn client(&self) -> Client {
+        Client::new(
+            self.members()
+                .map(|s| self.slots[s].listen.clone())
+                .collect(),
+            "metakv",
+        )
+    }
+
+    pub async fn status(&self, slot: usize) -> Option<NodeStatus> {
+        self.client_of(slot, Duration::from_secs(1))
+            .status()
+            .await
+            .ok()
+    }
+
+    /// The slot of the member that leads in the highest term any member reports, once one
+    /// does (30 s at most). A leader cut off from the others may still think it leads in an
+    /// older term; it is not the one.
+    pub async fn leader(&self) -> usize {
+        for _ in 0..300 {
+            let mut best: Option<(u64, usize)> = None;
+            let mut term = 0;
+            for s in self.members() {
+                if let Some(st) = self.status(s).await {
+                    term = term.max(st.term);
+                    if st.role == Role::Leader && best.is_none_or(|(t, _)| st.term > t) {
+                        best = Some((st.term, s));
+                    }
+                }
+            }
+            if let Some((t, s)) = best
+                && t == term
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no member leads after 30 s");
+    }
+
+    /// The `nth` member (modulo their number).
+    pub fn nth_member(&self, nth: usize) -> usize {
+        let members: Vec<usize> = self.members().collect();
+        members[nth % members.len()]
+    }
+
+    /// A member other than `leader` (the next one after it).
+    pub fn follower_of(&self, leader: usize) -> usize {
+        let members: Vec<usize> = self.members().collect();
+        let at = members.iter().position(|&s| s == leader).unwrap_or(0);
+        members[(at + 1) % members.len()]
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        // The processes first, so that the tmpfs is no longer in use when it is unmounted.
+        for s in &mut self.slots {
+            s.proc = None;
+        }
+        self.net.close();
+    }
+}

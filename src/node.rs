@@ -366,6 +366,11 @@ impl Node {
             // before raising its term, and a member that hears from a live leader refuses: a
             // returning follower does not depose a healthy leader.
             enable_pre_vote: Some(true),
+            // A leader no quorum has answered for a lease (it can send but not hear) falls
+            // silent for this long, so that members that cannot reach it elect one they can;
+            // otherwise its heartbeats keep them from standing while it commits nothing. The
+            // least openraft allows: the lease (election_timeout_max) plus one election.
+            quorum_loss_probe_interval: Some(2 * config.election_timeout_max_ms),
             ..Default::default()
         }
         .validate()

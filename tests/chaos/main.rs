@@ -13,6 +13,8 @@ mod checker;
 #[cfg(test)]
 mod checker_tests;
 mod cluster;
+#[cfg(test)]
+mod deaf_leader;
 mod harness;
 mod history;
 mod nemesis;

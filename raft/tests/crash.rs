@@ -6,6 +6,9 @@
 //! way, whole: a transaction is atomic), and pass `check`. Injected I/O errors (a failed
 //! write, a failed sync) fail the operation and every later one on that file: never retried.
 //!
+//! The two files together through one power cut: the state store's applied index never
+//! passes the durable log, and the log replayed brings the store to the log's state.
+//!
 //! `CRASHES` (default 1,000 in the test command) sets how many crashes each test runs.
 
 #[path = "../../tests/common/rng.rs"]
@@ -16,11 +19,11 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use metakv_raft::types::{Entry, LogId, Vote};
-use metakv_raft::{Command, LogStore, TypeConfig};
+use metakv_raft::{Command, LogStore, StateMachine, TypeConfig};
 use metakv_store::{Applied, Config, Expect, Op, Stamp, Store};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
-use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftStateMachine};
 use openraft::testing::log_id;
 use rng::Rng;
 
@@ -386,20 +389,23 @@ async fn the_log_survives_crashes_at_any_point() {
     );
 }
 
-/// What the state store holds of bucket `b`'s keys.
-async fn read_store(store: &Store) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, bool)> {
+/// What the state store holds of bucket `b`'s keys (none without the bucket).
+fn read_store(store: &Store) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, bool)> {
     let view = store.read().unwrap();
-    let page = view
-        .scan(
-            "b",
-            &metakv_store::Scan {
-                prefix: Vec::new(),
-                after: None,
-                limit: 1000,
-                include_tombstones: true,
-            },
-        )
-        .unwrap();
+    let page = view.scan(
+        "b",
+        &metakv_store::Scan {
+            prefix: Vec::new(),
+            after: None,
+            limit: 1000,
+            include_tombstones: true,
+        },
+    );
+    // No bucket yet: a crash took its creation too.
+    let page = match page {
+        Err(metakv_store::Error::BucketNotFound { .. }) => return BTreeMap::new(),
+        page => page.unwrap(),
+    };
     page.items
         .into_iter()
         .map(|(k, r)| (k, (r.value, r.rev, r.deleted)))
@@ -423,7 +429,7 @@ async fn the_state_store_survives_crashes_at_any_point() {
                 Stamp { rev, time_ms: 0 },
             )
             .unwrap();
-        let mut model = read_store(&store).await;
+        let mut model = read_store(&store);
         disk.arm(rng.range(1, 120));
         let mut under_way = None;
         for _ in 0..rng.range(1, 12) {
@@ -444,7 +450,7 @@ async fn the_state_store_survives_crashes_at_any_point() {
                 }
             };
             match store.apply(&op, Stamp { rev, time_ms: rev }) {
-                Ok(Applied::Written { .. } | Applied::NotFound) => model = read_store(&store).await,
+                Ok(Applied::Written { .. } | Applied::NotFound) => model = read_store(&store),
                 Ok(other) => panic!("{op:?} answered {other:?}"),
                 Err(_) => {
                     // What it would have been: the same op on the model's own copy.
@@ -465,7 +471,7 @@ async fn the_state_store_survives_crashes_at_any_point() {
         drop(store);
         let mut store = Store::open_with_backend(config(), CrashDisk::new(image, rng.next_u64()))
             .unwrap_or_else(|e| panic!("crash {crash}: the store does not reopen: {e}"));
-        let got = read_store(&store).await;
+        let got = read_store(&store);
         reopened_under_way(crash, "store", &got, &model, under_way.as_ref());
         let report = store.check().unwrap();
         assert!(report.is_ok(), "crash {crash}: {:?}", report.problems);
@@ -496,4 +502,177 @@ async fn an_io_error_is_fatal_for_the_file_and_never_retried() {
             if fail_sync { "fsync" } else { "write" }
         );
     }
+}
+
+/// One node's two files through one power cut: entries appended to the log (each append
+/// durable before it returns) and applied to the state store (written without fsync, as a
+/// node does) up to a commit point, until the cut. After it, reopened: the store's applied
+/// index never exceeds the log's last entry, the store holds exactly the effect of the log's
+/// entries up to its applied index, and applying the rest of the log (what a restarted node
+/// does) brings it to the state of the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_and_the_state_store_survive_one_crash_together() {
+    let mut rng = Rng::new(0x626f_7468);
+    let config = || Config {
+        durable: false,
+        ..Config::new("crash-test.redb")
+    };
+    let (mut applied_lost, mut applied_kept) = (0, 0);
+    for crash in 0..crashes() {
+        let (log_disk, state_disk) = (
+            CrashDisk::new(Vec::new(), rng.next_u64()),
+            CrashDisk::new(Vec::new(), rng.next_u64()),
+        );
+        let mut log = LogStore::open_with_backend(log_disk.clone()).unwrap();
+        let store = Store::open_with_backend(config(), state_disk.clone()).unwrap();
+        let mut sm =
+            StateMachine::new(Arc::new(std::sync::RwLock::new(store)), temp_dir()).unwrap();
+        let mut next = 1;
+        append_and_apply(&mut log, &mut sm, &mut next, 1, &mut rng)
+            .await
+            .unwrap();
+        // The cut: at a step of either file; both lose what they had not synced.
+        if rng.below(2) == 0 {
+            log_disk.arm(rng.range(1, 60));
+        } else {
+            state_disk.arm(rng.range(1, 60));
+        }
+        for _ in 0..rng.range(1, 12) {
+            let n = rng.range(1, 6);
+            if append_and_apply(&mut log, &mut sm, &mut next, n, &mut rng)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let (log_image, state_image) = (log_disk.crash(), state_disk.crash());
+        drop((log, sm));
+        let mut log = LogStore::open_with_backend(CrashDisk::new(log_image, rng.next_u64()))
+            .unwrap_or_else(|e| panic!("crash {crash}: the log does not reopen: {e}"));
+        let store = Store::open_with_backend(config(), CrashDisk::new(state_image, rng.next_u64()))
+            .unwrap_or_else(|e| panic!("crash {crash}: the store does not reopen: {e}"));
+        let mut sm =
+            StateMachine::new(Arc::new(std::sync::RwLock::new(store)), temp_dir()).unwrap();
+        let entries = log.try_get_log_entries(..).await.unwrap();
+        let last = entries.last().map_or(0, |e| e.log_id.index);
+        let (applied, _) = sm.applied_state().await.unwrap();
+        let applied = applied.map_or(0, |l| l.index);
+        // IMPORTANT: a state ahead of the log would hold writes the log no longer has.
+        assert!(
+            applied <= last,
+            "crash {crash}: the store applied {applied}, the log ends at {last}"
+        );
+        if applied + 1 < next {
+            applied_lost += 1;
+        }
+        applied_kept += u64::from(applied > 0);
+        let upto: Vec<Entry> = entries
+            .iter()
+            .filter(|e| e.log_id.index <= applied)
+            .cloned()
+            .collect();
+        assert_eq!(
+            read_store(&sm.store().read().unwrap()),
+            effect_of(&upto),
+            "crash {crash}: the store is not the effect of the log up to its applied index"
+        );
+        // The restart: the rest of the log is applied again.
+        let rest: Vec<Entry> = entries
+            .iter()
+            .filter(|e| e.log_id.index > applied)
+            .cloned()
+            .collect();
+        apply(&mut sm, rest).await.unwrap();
+        assert_eq!(
+            read_store(&sm.store().read().unwrap()),
+            effect_of(&entries),
+            "crash {crash}: replaying the log did not bring the store to the log's state"
+        );
+        let report = sm.store().write().unwrap().check().unwrap();
+        assert!(report.is_ok(), "crash {crash}: {:?}", report.problems);
+    }
+    eprintln!(
+        "{} crashes; {applied_lost} lost applied entries the log still had; \
+         {applied_kept} reopened with some applied",
+        crashes()
+    );
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("metakv-crash-test-snapshots")
+}
+
+/// Appends `n` entries (the first creates the bucket) durably, then applies them; syncs the
+/// store one time in four.
+async fn append_and_apply(
+    log: &mut LogStore,
+    sm: &mut StateMachine,
+    next: &mut u64,
+    n: u64,
+    rng: &mut Rng,
+) -> io::Result<()> {
+    let entries: Vec<Entry> = (*next..*next + n)
+        .map(|i| {
+            let mut e = Entry::new_blank(log_id::<TypeConfig>(1, 1, i));
+            let op = if i == 1 {
+                Op::CreateBucket { bucket: "b".into() }
+            } else if rng.below(4) == 0 {
+                Op::Delete {
+                    bucket: "b".into(),
+                    key: format!("k{}", rng.below(8)).into_bytes(),
+                    expect: Expect::Any,
+                }
+            } else {
+                Op::Put {
+                    bucket: "b".into(),
+                    key: format!("k{}", rng.below(8)).into_bytes(),
+                    value: vec![i as u8; rng.below(3000)],
+                    expect: Expect::Any,
+                }
+            };
+            e.payload = EntryPayload::Normal(Command { time_ms: i, op });
+            e
+        })
+        .collect();
+    log.append(entries.clone(), IOFlushed::noop()).await?;
+    *next += n;
+    // Committed once durable here (a single node's quorum), then applied.
+    log.save_committed(entries.last().map(|e| e.log_id)).await?;
+    apply(sm, entries).await?;
+    // Now and then the store is made durable, as before a snapshot.
+    if rng.below(4) == 0 {
+        let store = Arc::clone(sm.store());
+        let synced = store.read().unwrap().sync();
+        synced.map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) -> io::Result<()> {
+    let items = entries.into_iter().map(|e| Ok((e, None)));
+    sm.apply(futures_util::stream::iter(items)).await
+}
+
+/// What applying `entries` in order to an empty store leaves in bucket `b`.
+fn effect_of(entries: &[Entry]) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, bool)> {
+    let mut m = BTreeMap::new();
+    for e in entries {
+        let EntryPayload::Normal(cmd) = &e.payload else {
+            continue;
+        };
+        let rev = e.log_id.index;
+        match &cmd.op {
+            Op::Put { key, value, .. } => {
+                m.insert(key.clone(), (value.clone(), rev, false));
+            }
+            Op::Delete { key, .. } => {
+                if m.get(key).is_some_and(|r: &(Vec<u8>, u64, bool)| !r.2) {
+                    m.insert(key.clone(), (Vec::new(), rev, true));
+                }
+            }
+            _ => {}
+        }
+    }
+    m
 }

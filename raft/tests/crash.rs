@@ -666,10 +666,8 @@ fn effect_of(entries: &[Entry]) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, bool)> {
             Op::Put { key, value, .. } => {
                 m.insert(key.clone(), (value.clone(), rev, false));
             }
-            Op::Delete { key, .. } => {
-                if m.get(key).is_some_and(|r: &(Vec<u8>, u64, bool)| !r.2) {
-                    m.insert(key.clone(), (Vec::new(), rev, true));
-                }
+            Op::Delete { key, .. } if m.get(key).is_some_and(|r| !r.2) => {
+                m.insert(key.clone(), (Vec::new(), rev, true));
             }
             _ => {}
         }

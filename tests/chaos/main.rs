@@ -55,11 +55,11 @@ fn summary(r: &harness::Report) -> String {
 }
 
 /// The short run of the test command: `CHAOS_SEEDS` (default `1,2,3`) of `CHAOS_SECONDS`
-/// (default 20) each; any violation fails it, printing the seed, the operations and the
+/// (default 30) each; any violation fails it, printing the seed, the operations and the
 /// faults around them, and keeping the data dirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn short_seeded_runs_break_no_promise() {
-    let seconds = env_u64("CHAOS_SECONDS", 20);
+    let seconds = env_u64("CHAOS_SECONDS", 30);
     let seeds = std::env::var("CHAOS_SEEDS").unwrap_or_else(|_| "1,2,3".into());
     for seed in seeds.split(',').map(|s| s.trim().parse::<u64>().unwrap()) {
         let report = harness::run(seed, seconds).await;

@@ -173,26 +173,26 @@ fn unexpected(reply: Reply) -> CallError {
 
 impl PeerClient {
     async fn call(&mut self, req: Request, ttl: Duration) -> Result<Reply, CallError> {
-        if self.conn.is_none() {
-            let conn = Conn::dial(&self.addr, &self.cluster_id, Some(self.from)).await?;
-            if conn.node_id != self.target {
-                return Err(CallError::Refused {
-                    addr: self.addr.clone(),
-                    reason: format!("it is node {}, not {}", conn.node_id, self.target),
-                });
+        // IMPORTANT: the connection is out of `self.conn` while the call is under way, and
+        // goes back only when the answer came. openraft cancels calls from outside (every
+        // heartbeat runs under its own timeout); a cancelled call must take its connection
+        // with it, or the next call would read the cancelled one's answer as its own.
+        let mut conn = match self.conn.take() {
+            Some(conn) if !conn.is_stale() => conn,
+            _ => {
+                let conn = Conn::dial(&self.addr, &self.cluster_id, Some(self.from)).await?;
+                if conn.node_id != self.target {
+                    return Err(CallError::Refused {
+                        addr: self.addr.clone(),
+                        reason: format!("it is node {}, not {}", conn.node_id, self.target),
+                    });
+                }
+                conn
             }
-            self.conn = Some(conn);
-        }
-        let result = self
-            .conn
-            .as_mut()
-            .expect("dialed above")
-            .call(&req, ttl)
-            .await;
-        if result.is_err() {
-            self.conn = None;
-        }
-        result
+        };
+        let reply = conn.call(&req, ttl).await?;
+        self.conn = Some(conn);
+        Ok(reply)
     }
 
     async fn send_snapshot(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use metakv::{Client, Kv, NodeStatus, Role};
 
 use crate::common::disk::Tmpfs;
-use crate::common::{Proc, try_serve_args};
+use crate::common::{Proc, try_serve_args_then};
 use crate::net::Net;
 
 /// The slot whose data dir is a small tmpfs of its own, for the full-disk fault.
@@ -109,11 +109,14 @@ impl Nodes {
         if let Some(seed) = seed {
             args.extend(["--join".to_owned(), seed]);
         }
-        self.net.set_node(slot, None, &s.listen);
-        let proc = tokio::task::block_in_place(|| try_serve_args(&self.dir, s.id, &args))?;
+        // The proxies know the process before it dials anyone: a connection it opens while it
+        // starts is its own, and is cut like any other.
+        let net = self.net.clone();
+        let spawned = |pid| net.set_node(slot, Some(pid), &s.listen);
+        let proc =
+            tokio::task::block_in_place(|| try_serve_args_then(&self.dir, s.id, &args, spawned))?;
         let s = &mut self.slots[slot];
         s.member = true;
-        self.net.set_node(slot, Some(proc.child.id()), &s.listen);
         s.proc = Some(proc);
         Ok(())
     }

@@ -57,7 +57,7 @@ impl Net {
             while let Ok((conn, peer)) = listener.accept().await {
                 let net = net.clone();
                 tokio::spawn(async move {
-                    let from = net.slot_of(peer.port(), addr.port());
+                    let from = net.slot_of(peer.port(), addr.port()).await;
                     net.relay(conn, from, slot).await;
                 });
             }
@@ -117,22 +117,24 @@ impl Net {
         }
     }
 
-    /// The slot of the node whose socket `127.0.0.1:port` dialed the proxy on `proxy_port`.
-    fn slot_of(&self, port: u16, proxy_port: u16) -> Option<usize> {
-        let inode = socket_inode(port, proxy_port)?;
-        let link = format!("socket:[{inode}]");
-        let pids = self.rules.lock().unwrap().pids.clone();
-        pids.iter().position(|pid| {
-            pid.is_some_and(|pid| {
-                std::fs::read_dir(format!("/proc/{pid}/fd"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .any(|fd| {
-                        std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str())
-                    })
-            })
-        })
+    /// The slot of the node whose socket `127.0.0.1:port` dialed the proxy on `proxy_port`;
+    /// `None` for a socket of this process (a client). Looked for again for a while when
+    /// neither holds it yet.
+    async fn slot_of(&self, port: u16, proxy_port: u16) -> Option<usize> {
+        for _ in 0..50 {
+            if let Some(inode) = socket_inode(port, proxy_port) {
+                let link = format!("socket:[{inode}]");
+                let pids = self.rules.lock().unwrap().pids.clone();
+                let slot = pids
+                    .iter()
+                    .position(|pid| pid.is_some_and(|pid| holds(pid, &link)));
+                if slot.is_some() || holds(std::process::id(), &link) {
+                    return slot;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
     }
 
     async fn relay(&self, inbound: TcpStream, from: Option<usize>, to: usize) {
@@ -184,6 +186,15 @@ impl Net {
         reader.abort();
         let _ = write.shutdown().await;
     }
+}
+
+/// Whether process `pid` has a descriptor on `link` (`socket:[inode]`).
+fn holds(pid: u32, link: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link))
 }
 
 /// The inode of the socket bound to `127.0.0.1:port` and connected to `127.0.0.1:remote`.

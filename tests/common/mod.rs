@@ -177,6 +177,17 @@ pub fn serve_args(dir: &Path, id: u64, args: &[String]) -> Proc {
 
 /// The same; a node that does not come up is an `Err` with its log.
 pub fn try_serve_args(dir: &Path, id: u64, args: &[String]) -> Result<Proc, String> {
+    try_serve_args_then(dir, id, args, |_| {})
+}
+
+/// The same, telling `spawned` the process id as soon as the process exists (before it
+/// listens).
+pub fn try_serve_args_then(
+    dir: &Path,
+    id: u64,
+    args: &[String],
+    spawned: impl FnOnce(u32),
+) -> Result<Proc, String> {
     // Appended to: a node restarted on its files keeps the log of its earlier lives.
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -189,6 +200,7 @@ pub fn try_serve_args(dir: &Path, id: u64, args: &[String]) -> Result<Proc, Stri
         .stdout(Stdio::piped())
         .stderr(log);
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    spawned(child.id());
     let mut line = String::new();
     let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
     let addr = line

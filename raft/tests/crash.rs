@@ -412,13 +412,18 @@ fn read_store(store: &Store) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, bool)> {
         .collect()
 }
 
+/// The state store's settings on a crash disk (the path is not used).
+fn store_config(durable: bool) -> Config {
+    Config {
+        durable,
+        ..Config::new("crash-test.redb")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_store_survives_crashes_at_any_point() {
     let mut rng = Rng::new(0x0073_7461_7465);
-    let config = || Config {
-        durable: true,
-        ..Config::new("crash-test.redb")
-    };
+    let config = || store_config(true);
     for crash in 0..crashes() {
         let disk = CrashDisk::new(Vec::new(), rng.next_u64());
         let store = Store::open_with_backend(config(), disk.clone()).unwrap();
@@ -513,10 +518,7 @@ async fn an_io_error_is_fatal_for_the_file_and_never_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_and_the_state_store_survive_one_crash_together() {
     let mut rng = Rng::new(0x626f_7468);
-    let config = || Config {
-        durable: false,
-        ..Config::new("crash-test.redb")
-    };
+    let config = || store_config(false);
     let (mut applied_lost, mut applied_kept) = (0, 0);
     for crash in 0..crashes() {
         let (log_disk, state_disk) = (

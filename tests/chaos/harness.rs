@@ -365,88 +365,77 @@ async fn client_task(
         let key = format!("k{k}");
         seq += 1;
         let value = format!("c{i}-{seq}");
-        let call = match rng.below(100) {
-            0..30 => Call::Put {
+        // One operation, or a scan (one read of each hot key at the scan's times).
+        let draw = rng.below(100);
+        let call = match draw {
+            0..30 => Some(Call::Put {
                 key,
                 value,
                 expect: Expect::Any,
-            },
-            30..40 => Call::Put {
+            }),
+            30..40 => Some(Call::Put {
                 key,
                 value,
                 expect: Expect::Rev(last_rev[k]),
-            },
-            40..50 => Call::Put {
+            }),
+            40..50 => Some(Call::Put {
                 key,
                 value,
                 expect: Expect::Absent,
-            },
-            50..60 => Call::Delete {
+            }),
+            50..60 => Some(Call::Delete {
                 key,
                 expect: Expect::Any,
-            },
-            60..65 => Call::Delete {
+            }),
+            60..65 => Some(Call::Delete {
                 key,
                 expect: Expect::Rev(last_rev[k]),
-            },
-            65..85 => Call::Get {
+            }),
+            65..85 => Some(Call::Get {
                 key,
                 linearizable: true,
                 scan: false,
-            },
-            85..92 => Call::Get {
+            }),
+            85..92 => Some(Call::Get {
                 key,
                 linearizable: false,
                 scan: false,
-            },
-            n => {
-                let linearizable = n < 97;
-                let invoked = start.elapsed();
-                let reads = scan(&client, linearizable).await;
-                let completed = start.elapsed();
-                if reads.is_none() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                for (call, outcome) in reads.into_iter().flatten() {
-                    if let Outcome::Read(Some(s)) = &outcome {
-                        let k: usize = call.key()[1..].parse().unwrap();
-                        last_rev[k] = s.rev;
-                    }
-                    out.push(Event {
-                        client: i,
-                        node,
-                        call,
-                        outcome,
-                        invoked,
-                        completed,
-                    });
-                }
-                continue;
-            }
+            }),
+            _ => None,
         };
         let invoked = start.elapsed();
-        let outcome = perform(&client, &call).await;
-        let completed = start.elapsed();
-        match &outcome {
-            Outcome::Written { rev } | Outcome::Conflict { current: Some(rev) } => {
-                last_rev[k] = *rev
+        let done = match call {
+            Some(call) => {
+                let outcome = perform(&client, &call).await;
+                vec![(call, outcome)]
             }
-            Outcome::Read(Some(s)) => last_rev[k] = s.rev,
-            _ => {}
+            // A failed scan is a failed read: nothing to record.
+            None => scan(&client, draw < 97).await.unwrap_or_default(),
+        };
+        let completed = start.elapsed();
+        let failed = done.is_empty() || done.iter().any(|(_, o)| matches!(o, Outcome::Unknown(_)));
+        for (call, outcome) in done {
+            let k: usize = call.key()[1..].parse().expect("hot keys are k0..k4");
+            match &outcome {
+                Outcome::Written { rev } | Outcome::Conflict { current: Some(rev) } => {
+                    last_rev[k] = *rev
+                }
+                Outcome::Read(Some(s)) => last_rev[k] = s.rev,
+                _ => {}
+            }
+            // A read that did not answer saw nothing.
+            if call.is_write() || !matches!(outcome, Outcome::Unknown(_)) {
+                out.push(Event {
+                    client: i,
+                    node,
+                    call,
+                    outcome,
+                    invoked,
+                    completed,
+                });
+            }
         }
-        let failed_read = !call.is_write() && matches!(outcome, Outcome::Unknown(_));
-        let pause = matches!(outcome, Outcome::Unknown(_));
-        if !failed_read {
-            out.push(Event {
-                client: i,
-                node,
-                call,
-                outcome,
-                invoked,
-                completed,
-            });
-        }
-        if pause {
+        if failed {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

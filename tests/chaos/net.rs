@@ -118,19 +118,19 @@ impl Net {
     }
 
     /// The slot of the node whose socket `127.0.0.1:port` dialed the proxy on `proxy_port`;
-    /// `None` for a socket of this process (a client). Looked for again for a while when
-    /// neither holds it yet.
+    /// `None` for a socket of this process (a client), or one already closed. Looked for
+    /// again a few times when no process holds it yet.
     async fn slot_of(&self, port: u16, proxy_port: u16) -> Option<usize> {
-        for _ in 0..50 {
-            if let Some(inode) = socket_inode(port, proxy_port) {
-                let link = format!("socket:[{inode}]");
-                let pids = self.rules.lock().unwrap().pids.clone();
-                let slot = pids
-                    .iter()
-                    .position(|pid| pid.is_some_and(|pid| holds(pid, &link)));
-                if slot.is_some() || holds(std::process::id(), &link) {
-                    return slot;
-                }
+        for _ in 0..3 {
+            // Closed already (no inode): nobody to cut.
+            let inode = socket_inode(port, proxy_port).filter(|&i| i != 0)?;
+            let link = format!("socket:[{inode}]");
+            let pids = self.rules.lock().unwrap().pids.clone();
+            let slot = pids
+                .iter()
+                .position(|pid| pid.is_some_and(|pid| holds(pid, &link)));
+            if slot.is_some() || holds(std::process::id(), &link) {
+                return slot;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -198,12 +198,20 @@ fn holds(pid: u32, link: &str) -> bool {
 }
 
 /// The inode of the socket bound to `127.0.0.1:port` and connected to `127.0.0.1:remote`.
+/// The table is read only up to the socket's line: the kernel writes it as it is read, and
+/// it holds every socket of the machine.
 fn socket_inode(port: u16, remote: u16) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let local = format!("0100007F:{port:04X}");
-    let peer = format!("0100007F:{remote:04X}");
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 9 && f[1] == local && f[2] == peer).then(|| f[9].parse().ok())?
-    })
+    use std::io::BufRead;
+    let table = std::io::BufReader::new(std::fs::File::open("/proc/net/tcp").ok()?);
+    let addrs = format!("0100007F:{port:04X} 0100007F:{remote:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map_while(Result::ok)
+        .find_map(|line| {
+            if !line.contains(&addrs) {
+                return None;
+            }
+            line.split_whitespace().nth(9)?.parse().ok()
+        })
 }

@@ -182,8 +182,9 @@ impl Node {
             .collect()
     }
 
+    /// Writes a job's record, on this node only (see [`Node::propose_here`]).
     async fn write_record(&self, record: &JobRecord) -> Result<()> {
-        self.write_internal(Op::Put {
+        self.propose_here(Op::Put {
             bucket: SYS_BUCKET.into(),
             key: record.id.key(),
             value: record.encode(),
@@ -678,5 +679,72 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Kv, NodeConfig};
+
+    fn config(dir: &std::path::Path, id: u64, join: Option<String>) -> NodeConfig {
+        let mut c = NodeConfig::new(id, dir.join(format!("node{id}")), "127.0.0.1:0");
+        c.join = join;
+        c.heartbeat_ms = 50;
+        c.election_timeout_min_ms = 250;
+        c.election_timeout_max_ms = 500;
+        c.request_timeout = Duration::from_secs(2);
+        c
+    }
+
+    /// A stale leader's GC job forwarded its records to the new leader, which had run its
+    /// janitor already and never adopted the job: `gc status` showed it running forever, and
+    /// `gc wait` never returned (found by the chaos suite, seed 6018: a GC job started on a
+    /// leader cut off from the others). A job's record is now written only where it is
+    /// proposed; on a node that does not lead it is refused and nothing is recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_record_is_never_forwarded_to_another_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = Node::start(config(dir.path(), 1, None)).await.unwrap();
+        let follower = Node::start(config(dir.path(), 2, Some(leader.addr().to_owned())))
+            .await
+            .unwrap();
+        let record = JobRecord {
+            id: JobId { term: 1, seq: 9 },
+            leader: 2,
+            trigger: Trigger::Demand,
+            dry_run: false,
+            min_age_ms: 0,
+            members: vec![1, 2],
+            started_ms: 0,
+            finished_ms: None,
+            phases: Vec::new(),
+            collected: Vec::new(),
+            agreed: 0,
+            purged: 0,
+            skipped: 0,
+            compactions: Vec::new(),
+            sample: Vec::new(),
+            outcome: Outcome::Running,
+        };
+        let written = follower.write_record(&record).await;
+        assert!(
+            matches!(written, Err(Error::NotLeader { .. })),
+            "a follower's job record answered {written:?}"
+        );
+        let recorded = leader
+            .get_with(
+                SYS_BUCKET,
+                &record.id.key(),
+                crate::Consistency::Linearizable,
+                true,
+            )
+            .await;
+        assert!(
+            matches!(recorded, Ok(None)),
+            "the leader holds {recorded:?}"
+        );
+        follower.shutdown().await;
+        leader.shutdown().await;
     }
 }

@@ -671,12 +671,25 @@ impl Node {
         self.route(request, from).await
     }
 
-    /// Applies an op of metakv's own (a write to `_sys`) through the leader.
-    pub(crate) async fn write_internal(&self, op: Op) -> Result<metakv_store::Applied> {
-        match self.route(ClientRequest::Write(op), None).await? {
-            ClientReply::Applied(a) => Ok(a),
-            ClientReply::Error(e) => Err(e),
-            other => Err(Error::Protocol(format!("a write answered {other:?}"))),
+    /// Proposes `op` on this node only, never forwarded: a write that must commit in the term
+    /// of the leader that makes it (a GC job's record: a leader that lost its place without
+    /// knowing must not record, through the new leader, a job the new leader never adopts).
+    /// `NotLeader` on any other node.
+    pub(crate) async fn propose_here(&self, op: Op) -> Result<metakv_store::Applied> {
+        let ttl = self.inner.config.request_timeout;
+        let write = self.inner.raft.client_write(Command {
+            time_ms: now_ms(),
+            op,
+        });
+        match tokio::time::timeout(ttl, write).await {
+            Ok(Ok(resp)) => applied(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
+            Err(_) => Err(Error::Unavailable(format!("not committed within {ttl:?}"))),
         }
     }
 

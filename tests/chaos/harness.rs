@@ -564,9 +564,16 @@ async fn inject(nodes: &mut Nodes, fault: Fault) -> Result<(Option<usize>, Strin
         Fault::Gc => {
             let client = nodes.client().with_timeout(Duration::from_secs(5));
             let outcome = match client.gc_run(false, Some(0)).await {
-                Ok(job) => match client.gc_wait(job, Duration::from_millis(100)).await {
-                    Ok(record) => format!("job {job}: {:?}", record.outcome),
-                    Err(e) => format!("job {job}: {e}"),
+                // A job that never ends is a cluster that did not heal.
+                Ok(job) => match tokio::time::timeout(
+                    Duration::from_secs(60),
+                    client.gc_wait(job, Duration::from_millis(100)),
+                )
+                .await
+                {
+                    Ok(Ok(record)) => format!("job {job}: {:?}", record.outcome),
+                    Ok(Err(e)) => format!("job {job}: {e}"),
+                    Err(_) => return Err(format!("GC job {job} did not end within 60 s")),
                 },
                 Err(e) => e.to_string(),
             };

@@ -709,24 +709,15 @@ mod tests {
         let follower = Node::start(config(dir.path(), 2, Some(leader.addr().to_owned())))
             .await
             .unwrap();
-        let record = JobRecord {
-            id: JobId { term: 1, seq: 9 },
-            leader: 2,
-            trigger: Trigger::Demand,
-            dry_run: false,
-            min_age_ms: 0,
-            members: vec![1, 2],
-            started_ms: 0,
-            finished_ms: None,
-            phases: Vec::new(),
-            collected: Vec::new(),
-            agreed: 0,
-            purged: 0,
-            skipped: 0,
-            compactions: Vec::new(),
-            sample: Vec::new(),
-            outcome: Outcome::Running,
-        };
+        let record = JobRecord::started(
+            JobId { term: 1, seq: 9 },
+            2,
+            Trigger::Demand,
+            false,
+            0,
+            vec![1, 2],
+            0,
+        );
         let written = follower.write_record(&record).await;
         assert!(
             matches!(written, Err(Error::NotLeader { .. })),

@@ -150,6 +150,36 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job as it starts on `leader`: nothing collected, purged or compacted yet.
+    pub fn started(
+        id: JobId,
+        leader: u64,
+        trigger: Trigger,
+        dry_run: bool,
+        min_age_ms: u64,
+        members: Vec<u64>,
+        started_ms: u64,
+    ) -> JobRecord {
+        JobRecord {
+            id,
+            leader,
+            trigger,
+            dry_run,
+            min_age_ms,
+            members,
+            started_ms,
+            finished_ms: None,
+            phases: Vec::new(),
+            collected: Vec::new(),
+            agreed: 0,
+            purged: 0,
+            skipped: 0,
+            compactions: Vec::new(),
+            sample: Vec::new(),
+            outcome: Outcome::Running,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("job records encode")
     }

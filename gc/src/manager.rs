@@ -313,24 +313,15 @@ impl Manager {
             term: self.term,
             seq: self.seq,
         };
-        let record = JobRecord {
+        let record = JobRecord::started(
             id,
-            leader: self.me,
+            self.me,
             trigger,
             dry_run,
             min_age_ms,
-            members: members.clone(),
-            started_ms: now_ms,
-            finished_ms: None,
-            phases: Vec::new(),
-            collected: Vec::new(),
-            agreed: 0,
-            purged: 0,
-            skipped: 0,
-            compactions: Vec::new(),
-            sample: Vec::new(),
-            outcome: Outcome::Running,
-        };
+            members.clone(),
+            now_ms,
+        );
         let mut order: Vec<u64> = members.iter().copied().filter(|&n| n != self.me).collect();
         if members.contains(&self.me) {
             order.push(self.me);

@@ -14,7 +14,6 @@ use metakv_gc::{
     Action, Agent, AgentAction, AgentReply, AgentRequest, Event, GcConfig, JOB_KEY_PREFIX, JobId,
     JobRecord, Manager, Outcome, Progress, SERVICE, Trigger,
 };
-use metakv_raft::Command;
 use metakv_store::{Expect, Op, SYS_BUCKET, Scan, TombstoneQuery};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
@@ -184,14 +183,15 @@ impl Node {
 
     /// Writes a job's record, on this node only (see [`Node::propose_here`]).
     async fn write_record(&self, record: &JobRecord) -> Result<()> {
-        self.propose_here(Op::Put {
+        let op = Op::Put {
             bucket: SYS_BUCKET.into(),
             key: record.id.key(),
             value: record.encode(),
             expect: Expect::Any,
-        })
-        .await
-        .map(|_| ())
+        };
+        self.propose_here(op, self.inner.config.request_timeout)
+            .await
+            .map(|_| ())
     }
 
     async fn call_agent(
@@ -613,35 +613,22 @@ impl Driver {
                 Action::Purge { job, items } => {
                     let ttl = Duration::from_millis(config.call_timeout_ms);
                     self.pending.push(Box::pin(async move {
-                        let write = node.raft().client_write(Command {
-                            time_ms: now_ms(),
-                            op: Op::Purge { items },
-                        });
-                        Step::Gc(match tokio::time::timeout(ttl, write).await {
-                            Ok(Ok(r)) => match crate::api::applied(r.data) {
-                                Ok(metakv_store::Applied::Purged { purged, skipped }) => {
-                                    Event::Purged {
-                                        job,
-                                        purged,
-                                        skipped,
-                                    }
+                        let write = node.propose_here(Op::Purge { items }, ttl).await;
+                        Step::Gc(match write {
+                            Ok(metakv_store::Applied::Purged { purged, skipped }) => {
+                                Event::Purged {
+                                    job,
+                                    purged,
+                                    skipped,
                                 }
-                                Ok(other) => Event::PurgeFailed {
-                                    job,
-                                    error: format!("applied as {other:?}"),
-                                },
-                                Err(e) => Event::PurgeFailed {
-                                    job,
-                                    error: e.to_string(),
-                                },
+                            }
+                            Ok(other) => Event::PurgeFailed {
+                                job,
+                                error: format!("applied as {other:?}"),
                             },
-                            Ok(Err(e)) => Event::PurgeFailed {
+                            Err(e) => Event::PurgeFailed {
                                 job,
                                 error: e.to_string(),
-                            },
-                            Err(_) => Event::PurgeFailed {
-                                job,
-                                error: format!("not committed within {ttl:?}"),
                             },
                         })
                     }));

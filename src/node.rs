@@ -674,9 +674,12 @@ impl Node {
     /// Proposes `op` on this node only, never forwarded: a write that must commit in the term
     /// of the leader that makes it (a GC job's record: a leader that lost its place without
     /// knowing must not record, through the new leader, a job the new leader never adopts).
-    /// `NotLeader` on any other node.
-    pub(crate) async fn propose_here(&self, op: Op) -> Result<metakv_store::Applied> {
-        let ttl = self.inner.config.request_timeout;
+    /// `NotLeader` on any other node; `Unavailable` when not committed within `ttl`.
+    pub(crate) async fn propose_here(
+        &self,
+        op: Op,
+        ttl: Duration,
+    ) -> Result<metakv_store::Applied> {
         let write = self.inner.raft.client_write(Command {
             time_ms: now_ms(),
             op,

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
+use metakv_raft::candidacy::{Candidacy, LeaderContact, stand_promptly};
 use metakv_raft::network::Network;
 use metakv_raft::restore;
 use metakv_raft::server::{ServerConfig, Services, serve};
@@ -409,10 +410,22 @@ impl Node {
             raft.clone(),
             stopped.clone(),
         ));
+        let leader_contact = Arc::new(LeaderContact::default());
+        tokio::spawn(stand_promptly(
+            raft.clone(),
+            Arc::clone(&leader_contact),
+            Candidacy::from_timings(
+                config.heartbeat_ms,
+                config.election_timeout_min_ms,
+                config.election_timeout_max_ms,
+            ),
+            stopped.clone(),
+        ));
         let server_config = Arc::new(ServerConfig {
             cluster_id: config.cluster_id.clone(),
             node_id: config.id,
             spool_dir: config.data_dir.join(restore::SNAPSHOT_DIR),
+            leader_contact,
         });
         tokio::spawn(crate::gc::drive(
             Arc::downgrade(&inner),

@@ -5,6 +5,7 @@ mod common;
 use common::Cluster;
 use metakv::{Applied, Consistency, Expect, Kv, Role};
 use openraft::async_runtime::WatchReceiver;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_on_any_node_are_read_linearizably_everywhere() {
@@ -196,6 +197,52 @@ async fn leader_loss_keeps_every_acknowledged_write() {
         cluster.node(first).node_status().leader,
         Some(cluster.leader().await)
     );
+    cluster.shutdown().await;
+}
+
+/// openraft alone stands a follower only after the lease (`election_timeout_max`) and then a
+/// timeout drawn from `[min, max]`: with these timings never before 6 s of silence. metakv's
+/// followers stand once the lease and at most `min / 2` have passed: by 5 s, plus a vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_stands_soon_after_the_leaders_lease_runs_out() {
+    let (lease, min) = (Duration::from_millis(4_000), Duration::from_millis(2_000));
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.election_timeout_min_ms = min.as_millis() as u64;
+        c.election_timeout_max_ms = lease.as_millis() as u64;
+    })
+    .await;
+    let first = cluster.leader().await;
+    cluster.node(first).create_bucket("b").await.unwrap();
+    // The last heartbeat went out at most one interval (50 ms) before this.
+    let stopped = std::time::Instant::now();
+    let heartbeat = Duration::from_millis(50);
+    cluster.stop(first).await;
+    let second = loop {
+        let leader = cluster
+            .running()
+            .map(|n| n.node_status())
+            .find(|s| s.role == Role::Leader);
+        if let Some(s) = leader {
+            break s.id;
+        }
+        assert!(
+            stopped.elapsed() < lease + min - heartbeat,
+            "no leader {:?} after the leader stopped: openraft's own timer, not the lease, decided",
+            stopped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elected = stopped.elapsed();
+    assert_ne!(second, first);
+    assert!(
+        elected >= lease - heartbeat,
+        "elected {elected:?} after the leader stopped, inside its lease"
+    );
+    cluster
+        .node(second)
+        .put("b", b"k", b"v", Expect::Any)
+        .await
+        .unwrap();
     cluster.shutdown().await;
 }
 

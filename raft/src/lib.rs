@@ -4,6 +4,7 @@
 //! - [`LogStore`]: the Raft log on redb (`raft-log.redb`), one fsync per batch of entries.
 //! - [`check_log_file`]: `check` of a stopped node's log, and of its state against the log.
 //! - [`StateMachine`]: `metakv-store` applied from the log; snapshots in the archive format.
+//! - [`candidacy`]: a follower stands soon after the leader's lease runs out.
 //! - [`restore`]: a new node's files from a backup, so a restored cluster goes on from the
 //!   backup's log index.
 //!
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod blocking;
+pub mod candidacy;
 mod log_check;
 mod log_store;
 pub mod network;

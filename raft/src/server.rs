@@ -15,6 +15,9 @@ use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use openraft::raft::AppendEntriesResponse;
+
+use crate::candidacy::LeaderContact;
 use crate::state_machine::SnapshotFile;
 use crate::types::{Raft, SnapshotMeta, Vote};
 use crate::wire::{Hello, HelloReply, Reply, Request, read_frame, write_frame};
@@ -40,6 +43,8 @@ pub struct ServerConfig {
     pub node_id: u64,
     /// Where incoming snapshots are spooled before they are installed.
     pub spool_dir: PathBuf,
+    /// Touched after every AppendEntries a leader sent that this node's vote accepted.
+    pub leader_contact: Arc<LeaderContact>,
 }
 
 /// Accepts connections until `shutdown` turns true; each connection ends then too.
@@ -187,10 +192,15 @@ async fn dispatch(
     }
     let failed = |e: &dyn std::fmt::Display| Reply::Failed(e.to_string());
     Ok(match request {
-        Request::AppendEntries(r) => raft
-            .append_entries(r)
-            .await
-            .map_or_else(|e| failed(&e), Reply::AppendEntries),
+        Request::AppendEntries(r) => match raft.append_entries(r).await {
+            Ok(reply) => {
+                if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+                    config.leader_contact.touch();
+                }
+                Reply::AppendEntries(reply)
+            }
+            Err(e) => failed(&e),
+        },
         Request::Vote(r) => raft.vote(r).await.map_or_else(|e| failed(&e), Reply::Vote),
         Request::PreVote(r) => raft
             .pre_vote(r)

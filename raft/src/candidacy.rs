@@ -96,6 +96,8 @@ pub async fn stand_promptly(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut earliest = Instant::now();
+    // The contact the last round was asked after: one info line per silence, not per round.
+    let mut reported = None;
     loop {
         let due = (contact.last() + timing.lease + timing.draw()).max(earliest);
         tokio::select! {
@@ -113,10 +115,17 @@ pub async fn stand_promptly(
             m.state == ServerState::Follower && m.vote.committed
         };
         if follower {
-            tracing::info!(
-                silent_ms = contact.last().elapsed().as_millis() as u64,
-                "no leader heard for its lease; asking for a pre-vote"
-            );
+            let last = contact.last();
+            let silent_ms = last.elapsed().as_millis() as u64;
+            if reported == Some(last) {
+                tracing::debug!(silent_ms, "still no leader; asking for a pre-vote again");
+            } else {
+                tracing::info!(
+                    silent_ms,
+                    "no leader heard for its lease; asking for a pre-vote"
+                );
+                reported = Some(last);
+            }
             if raft.trigger().elect(true).await.is_err() {
                 return; // Raft stopped
             }

@@ -17,6 +17,9 @@ use metakv_gc::{JobId, JobRecord};
 /// Name of the client service on the transport.
 pub const CLIENT_SERVICE: &str = "client";
 
+/// How many of the newest job records `gc_wait` looks through for its job.
+pub const GC_WAIT_RECORDS: u32 = 20;
+
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
@@ -602,18 +605,22 @@ pub trait Kv {
         Ok(info)
     }
 
-    /// Waits for job `job` to end (polling every `poll`) and returns its record.
+    /// Waits for job `job` to end (polling every `poll`) and returns its record. A job that
+    /// has no record among the last [`GC_WAIT_RECORDS`] is refused at once: every id `gc_run`
+    /// answers has a committed record, so such an id never started or is long over.
     async fn gc_wait(&self, job: JobId, poll: std::time::Duration) -> Result<JobRecord> {
         loop {
-            let status = self.gc_status(20).await?;
-            if let Some(r) = status
-                .jobs
-                .into_iter()
-                .find(|r| r.id == job && r.outcome.is_finished())
-            {
-                return Ok(r);
+            let status = self.gc_status(GC_WAIT_RECORDS).await?;
+            match status.jobs.into_iter().find(|r| r.id == job) {
+                Some(r) if r.outcome.is_finished() => return Ok(r),
+                Some(_) => tokio::time::sleep(poll).await,
+                None => {
+                    return Err(Error::invalid(format!(
+                        "GC job {job} has no record among the last {GC_WAIT_RECORDS} jobs: it \
+                         never started, or it ended long ago (see `metakv gc status`)"
+                    )));
+                }
             }
-            tokio::time::sleep(poll).await;
         }
     }
 

@@ -238,6 +238,12 @@ fn view(node: &Node) -> View {
 /// What a finished future tells the driver.
 enum Step {
     Gc(Event),
+    /// A job record's write has resolved (kept typed: the caller waiting on the job's first
+    /// record is answered with this error, and `NotLeader` sends it to the new leader).
+    Recorded {
+        job: JobId,
+        written: Result<()>,
+    },
     Probed {
         trigger: Trigger,
         dry_run: bool,
@@ -265,6 +271,9 @@ struct Driver {
     /// A manager of an earlier term still writing its last record.
     retiring: Option<Manager>,
     starting: bool,
+    /// The caller of a job that has started but whose first record has not committed yet: it
+    /// gets the job id only once a record exists, so every id handed out can be waited on.
+    answer: Option<(JobId, oneshot::Sender<Result<JobId>>)>,
     counting: bool,
     members: Vec<u64>,
     pending: Pending,
@@ -284,6 +293,7 @@ pub(crate) async fn drive(
         manager: None,
         retiring: None,
         starting: false,
+        answer: None,
         counting: false,
         members: Vec::new(),
         pending: FuturesUnordered::new(),
@@ -516,10 +526,10 @@ impl Driver {
                 match started {
                     Ok((job, actions)) => {
                         tracing::info!(%job, ?trigger, dry_run, min_age_ms, "GC job started");
+                        // The first action writes the job's record; the caller hears back when
+                        // that write resolves (`Step::Recorded`).
+                        self.answer = reply.map(|r| (job, r));
                         self.later(node, actions);
-                        if let Some(r) = reply {
-                            let _ = r.send(Ok(job));
-                        }
                     }
                     Err(e) => {
                         tracing::info!(error = %e, ?trigger, "GC job not started");
@@ -528,6 +538,19 @@ impl Driver {
                         }
                     }
                 }
+            }
+            Step::Recorded { job, written } => {
+                if let Some((_, reply)) = self.answer.take_if(|(j, _)| *j == job) {
+                    let _ = reply.send(written.clone().map(|()| job));
+                }
+                let event = match written {
+                    Ok(()) => Event::RecordWritten { job },
+                    Err(e) => Event::RecordFailed {
+                        job,
+                        error: e.to_string(),
+                    },
+                };
+                self.step(node, Step::Gc(event));
             }
             Step::Janitor { term, records } => {
                 let records = match records {
@@ -636,13 +659,8 @@ impl Driver {
                 Action::WriteRecord(record) => {
                     let job = record.id;
                     self.pending.push(Box::pin(async move {
-                        Step::Gc(match node.write_record(&record).await {
-                            Ok(()) => Event::RecordWritten { job },
-                            Err(e) => Event::RecordFailed {
-                                job,
-                                error: e.to_string(),
-                            },
-                        })
+                        let written = node.write_record(&record).await;
+                        Step::Recorded { job, written }
                     }));
                 }
                 Action::TransferLeader { to } => {

@@ -315,3 +315,38 @@ async fn an_open_watcher_keeps_tombstones_until_it_moves_on() {
     assert!(cluster.running().all(|n| tombstones(n) == 0));
     cluster.shutdown().await;
 }
+
+/// A job id handed to a caller names a job that is recorded: `gc run` answers only once the
+/// job's first record has committed, so `gc wait` on any id it returned can finish. (A leader
+/// that answered at the start and then lost leadership before the record committed left its
+/// caller waiting on a job that existed nowhere.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_id_is_answered_only_once_its_record_has_committed() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.node(cluster.leader().await).clone();
+    for round in 0..5 {
+        let job = leader.gc_run(true, Some(0)).await.unwrap();
+        let recorded = common::local_records(&leader, metakv::store::SYS_BUCKET)
+            .await
+            .into_iter()
+            .any(|(key, _)| key == job.key());
+        assert!(
+            recorded,
+            "round {round}: gc run answered job {job} before its record was applied on the leader"
+        );
+        let record = tokio::time::timeout(Duration::from_secs(60), leader.gc_wait(job, POLL))
+            .await
+            .expect("the job ends")
+            .unwrap();
+        assert_eq!(record.outcome, GcOutcome::Succeeded, "{record:?}");
+    }
+    let never = metakv::JobId { term: 999, seq: 1 };
+    let refused = tokio::time::timeout(Duration::from_secs(10), leader.gc_wait(never, POLL))
+        .await
+        .expect("waiting on a job that never ran is refused at once");
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("has no record")),
+        "{refused:?}"
+    );
+    cluster.shutdown().await;
+}

@@ -209,7 +209,8 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
     let watches: Vec<WatchLog> = watches.iter().map(|w| w.lock().unwrap().clone()).collect();
     compare_copies(&nodes, &cold, &mut violations).await;
     violations.extend(checker::check(&events, &finals, &watches));
-    let dir = if violations.is_empty() {
+    // `CHAOS_KEEP` keeps a clean run's files too, for a look at its timings.
+    let dir = if violations.is_empty() && std::env::var_os("CHAOS_KEEP").is_none() {
         drop(nodes);
         drop(tmp);
         dir

@@ -26,8 +26,9 @@ fn demo_runs_and_cleans_up() {
         "compare-and-set at a stale revision refused",
         "deleted 1800: 200 live records, 1800 tombstones",
         "purged 1800 (guard kept 0); 0 tombstones left",
-        "paused: reads answer BucketPaused",
-        "resumed: 200 records back",
+        "paused bucket users (op",
+        "resumed it: every node holds its 200 records again, revisions unchanged",
+        "archive: exported 200 records in 1 chunks",
         "check: 200 records, 0 problems",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

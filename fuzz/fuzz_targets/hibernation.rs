@@ -40,6 +40,8 @@ fn manifest_bytes(data: &[u8]) {
 
 fn record_bytes(data: &[u8]) {
     if let Ok(r) = HibernationRecord::decode(data) {
+        // Sealed and strict: whatever is accepted re-encodes to exactly the same bytes.
+        assert_eq!(r.encode(), data);
         assert_eq!(HibernationRecord::decode(&r.encode()), Ok(r));
     }
 }

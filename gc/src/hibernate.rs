@@ -85,75 +85,121 @@ impl Manifest {
 
     /// Parses a manifest object and checks that this build can read it and that it is the
     /// manifest of `bucket`.
-    pub fn from_json(bytes: &[u8], bucket: &str, archive_format: u32) -> Result<Manifest, String> {
+    pub fn from_json(
+        bytes: &[u8],
+        bucket: &str,
+        archive_format: u32,
+    ) -> Result<Manifest, ManifestError> {
         let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("unreadable manifest: {e}"))?;
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Unreadable(e.to_string()))?;
         if m.format != MANIFEST_FORMAT {
-            return Err(format!(
-                "manifest format {} (this build reads {MANIFEST_FORMAT})",
-                m.format
-            ));
+            return Err(ManifestError::Format {
+                found: m.format,
+                reads: MANIFEST_FORMAT,
+            });
         }
         if m.archive_format != archive_format {
-            return Err(format!(
-                "archive format {} (this build reads {archive_format})",
-                m.archive_format
-            ));
+            return Err(ManifestError::ArchiveFormat {
+                found: m.archive_format,
+                reads: archive_format,
+            });
         }
         if m.bucket != bucket {
-            return Err(format!(
-                "the manifest is of bucket {:?}, not {bucket:?}",
-                m.bucket
-            ));
+            return Err(ManifestError::OtherBucket {
+                found: m.bucket,
+                wanted: bucket.to_owned(),
+            });
         }
         let records = m
             .chunks
             .iter()
             .try_fold(0u64, |sum, c| sum.checked_add(c.records));
         if records != Some(m.records) {
-            let records = records.map_or_else(|| "more than 2^64".to_owned(), |r| r.to_string());
-            return Err(format!(
-                "the manifest's chunks hold {records} records, its total says {}",
-                m.records
-            ));
+            return Err(ManifestError::Total {
+                chunks: records,
+                total: m.records,
+            });
         }
         Ok(m)
     }
 
     /// Checks chunk `index` as read back: its record count, size and crc.
-    pub fn check_chunk(&self, index: usize, chunk: ChunkEntry) -> Result<(), String> {
+    pub fn check_chunk(&self, index: usize, chunk: ChunkEntry) -> Result<(), ManifestError> {
         match self.chunks.get(index) {
-            None => Err(format!(
-                "chunk {index} is not in the manifest (it lists {})",
-                self.chunks.len()
-            )),
-            Some(want) if *want != chunk => Err(format!(
-                "chunk {index} differs from the manifest: read {} records, {} bytes, crc {:08x}; \
-                 the manifest says {} records, {} bytes, crc {:08x}",
-                chunk.records, chunk.bytes, chunk.crc32, want.records, want.bytes, want.crc32
-            )),
+            None => Err(ManifestError::ExtraChunk {
+                index,
+                listed: self.chunks.len(),
+            }),
+            Some(want) if *want != chunk => Err(ManifestError::ChunkDiffers {
+                index,
+                read: chunk,
+                listed: *want,
+            }),
             Some(_) => Ok(()),
         }
     }
 
     /// Checks an archive read to its end: the header's revision, and that every chunk of the
     /// manifest was there.
-    pub fn check_end(&self, rev: u64, chunks: usize, records: u64) -> Result<(), String> {
+    pub fn check_end(&self, rev: u64, chunks: usize, records: u64) -> Result<(), ManifestError> {
         if rev != self.rev {
-            return Err(format!(
-                "the archive was taken at revision {rev}; the manifest says {}",
-                self.rev
-            ));
+            return Err(ManifestError::Rev {
+                archive: rev,
+                manifest: self.rev,
+            });
         }
         if chunks != self.chunks.len() || records != self.records {
-            return Err(format!(
-                "read {chunks} chunks and {records} records; the manifest lists {} and {}",
-                self.chunks.len(),
-                self.records
-            ));
+            return Err(ManifestError::Short {
+                chunks,
+                records,
+                listed_chunks: self.chunks.len(),
+                listed_records: self.records,
+            });
         }
         Ok(())
     }
+}
+
+/// Why a manifest, or an archive read against it, is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("unreadable manifest: {0}")]
+    Unreadable(String),
+    #[error("manifest format {found} (this build reads {reads})")]
+    Format { found: u32, reads: u32 },
+    #[error("archive format {found} (this build reads {reads})")]
+    ArchiveFormat { found: u32, reads: u32 },
+    #[error("the manifest is of bucket {found:?}, not {wanted:?}")]
+    OtherBucket { found: String, wanted: String },
+    #[error(
+        "the manifest's chunks hold {} records, its total says {total}",
+        chunks.map_or_else(|| "more than 2^64".to_owned(), |r| r.to_string())
+    )]
+    Total { chunks: Option<u64>, total: u64 },
+    #[error("chunk {index} is not in the manifest (it lists {listed})")]
+    ExtraChunk { index: usize, listed: usize },
+    #[error(
+        "chunk {index} differs from the manifest: read {} records, {} bytes, crc {:08x}; \
+         the manifest says {} records, {} bytes, crc {:08x}",
+        read.records, read.bytes, read.crc32, listed.records, listed.bytes, listed.crc32
+    )]
+    ChunkDiffers {
+        index: usize,
+        read: ChunkEntry,
+        listed: ChunkEntry,
+    },
+    #[error("the archive was taken at revision {archive}; the manifest says {manifest}")]
+    Rev { archive: u64, manifest: u64 },
+    #[error(
+        "read {chunks} chunks and {records} records; the manifest lists {listed_chunks} and {listed_records}"
+    )]
+    Short {
+        chunks: usize,
+        records: u64,
+        listed_chunks: usize,
+        listed_records: u64,
+    },
 }
 
 /// Pause or resume.
@@ -277,12 +323,18 @@ impl HibernationRecord {
         }
     }
 
+    /// The record as stored in `_sys`: sealed, format
+    /// [`HIBERNATION_RECORD_FORMAT`](crate::HIBERNATION_RECORD_FORMAT).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("hibernation records encode")
+        crate::format::seal(crate::HIBERNATION_RECORD_FORMAT, self)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<HibernationRecord, String> {
-        postcard::from_bytes(bytes).map_err(|e| format!("undecodable hibernation record: {e}"))
+    pub fn decode(bytes: &[u8]) -> Result<HibernationRecord, crate::FormatError> {
+        crate::format::unseal(
+            "hibernation record",
+            crate::HIBERNATION_RECORD_FORMAT,
+            bytes,
+        )
     }
 }
 
@@ -422,31 +474,33 @@ mod tests {
     fn manifests_round_trip_and_refuse_what_they_do_not_describe() {
         let m = manifest();
         assert_eq!(Manifest::from_json(&m.to_json(), "b", 1).unwrap(), m);
-        assert!(
-            Manifest::from_json(&m.to_json(), "c", 1)
-                .unwrap_err()
-                .contains("bucket")
-        );
-        assert!(
-            Manifest::from_json(&m.to_json(), "b", 2)
-                .unwrap_err()
-                .contains("archive format 1")
-        );
+        assert!(matches!(
+            Manifest::from_json(&m.to_json(), "c", 1),
+            Err(ManifestError::OtherBucket { .. })
+        ));
+        let e = Manifest::from_json(&m.to_json(), "b", 2).unwrap_err();
+        assert_eq!(e, ManifestError::ArchiveFormat { found: 1, reads: 2 });
+        assert!(e.to_string().contains("archive format 1"), "{e}");
         let newer = Manifest {
             format: MANIFEST_FORMAT + 1,
             ..m.clone()
         };
-        assert!(
-            Manifest::from_json(&newer.to_json(), "b", 1)
-                .unwrap_err()
-                .contains("manifest format")
-        );
+        assert!(matches!(
+            Manifest::from_json(&newer.to_json(), "b", 1),
+            Err(ManifestError::Format { .. })
+        ));
         let short = Manifest {
             records: 6,
             ..m.clone()
         };
-        assert!(Manifest::from_json(&short.to_json(), "b", 1).is_err());
-        assert!(Manifest::from_json(b"{not json", "b", 1).is_err());
+        assert!(matches!(
+            Manifest::from_json(&short.to_json(), "b", 1),
+            Err(ManifestError::Total { .. })
+        ));
+        assert!(matches!(
+            Manifest::from_json(b"{not json", "b", 1),
+            Err(ManifestError::Unreadable(_))
+        ));
         // Chunk counts that overflow a u64 when added are refused, not a panic.
         let overflow = Manifest {
             records: 1,
@@ -462,18 +516,17 @@ mod tests {
             ],
             ..m.clone()
         };
-        assert!(
-            Manifest::from_json(&overflow.to_json(), "b", 1)
-                .unwrap_err()
-                .contains("more than 2^64")
-        );
+        let e = Manifest::from_json(&overflow.to_json(), "b", 1).unwrap_err();
+        assert!(e.to_string().contains("more than 2^64"), "{e}");
 
         m.check_chunk(0, m.chunks[0]).unwrap();
         let flipped = ChunkEntry {
             crc32: 8,
             ..m.chunks[1]
         };
-        assert!(m.check_chunk(1, flipped).unwrap_err().contains("crc"));
+        let e = m.check_chunk(1, flipped).unwrap_err();
+        assert!(matches!(e, ManifestError::ChunkDiffers { index: 1, .. }));
+        assert!(e.to_string().contains("crc 00000008"), "{e}");
         assert!(m.check_chunk(2, m.chunks[0]).is_err());
         m.check_end(40, 2, 5).unwrap();
         assert!(m.check_end(41, 2, 5).is_err());
@@ -504,6 +557,20 @@ mod tests {
         assert_eq!(p.rolled_back("x", 11).end_state(), BucketState::Active);
         assert_eq!(HibernationRecord::decode(&back.encode()).unwrap(), back);
         assert!(HibernationRecord::decode(&[0xff; 3]).is_err());
+        // Sealed: a flipped bit, a bare postcard body (the unsealed layout) and a record of
+        // the other kind are all refused by name.
+        let sealed = back.encode();
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x10;
+            assert!(HibernationRecord::decode(&bad).is_err(), "bit flip at {i}");
+        }
+        let bare = &sealed[1..sealed.len() - 4];
+        let e = HibernationRecord::decode(bare).unwrap_err();
+        assert!(
+            e.to_string().contains("hibernation record is unreadable"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -180,12 +180,13 @@ impl JobRecord {
         }
     }
 
+    /// The record as stored in `_sys`: sealed, format [`JOB_RECORD_FORMAT`](crate::JOB_RECORD_FORMAT).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("job records encode")
+        crate::format::seal(crate::JOB_RECORD_FORMAT, self)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<JobRecord, String> {
-        postcard::from_bytes(bytes).map_err(|e| format!("undecodable GC job record: {e}"))
+    pub fn decode(bytes: &[u8]) -> Result<JobRecord, crate::FormatError> {
+        crate::format::unseal("GC job record", crate::JOB_RECORD_FORMAT, bytes)
     }
 
     /// File bytes every compaction of this job gave back.
@@ -194,5 +195,44 @@ impl JobRecord {
             .iter()
             .map(|c| c.bytes_before.saturating_sub(c.bytes_after))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_record_is_sealed_and_a_damaged_one_refused() {
+        let mut record = JobRecord::started(
+            JobId { term: 7, seq: 2 },
+            1,
+            Trigger::Threshold { tombstones: 900 },
+            false,
+            600_000,
+            vec![1, 2, 3],
+            1_700_000_000_000,
+        );
+        record.agreed = 41;
+        record.outcome = Outcome::Failed {
+            reason: "node 3: no answer".into(),
+        };
+        let sealed = record.encode();
+        assert_eq!(sealed[0], crate::JOB_RECORD_FORMAT);
+        assert_eq!(JobRecord::decode(&sealed).unwrap(), record);
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x01;
+            assert!(JobRecord::decode(&bad).is_err(), "bit flip at {i}");
+        }
+        for n in 0..sealed.len() {
+            assert!(JobRecord::decode(&sealed[..n]).is_err(), "cut at {n}");
+        }
+        // The body alone, as job records were once stored (bare postcard), is refused by name.
+        let e = JobRecord::decode(&sealed[1..sealed.len() - 4]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("GC job record is unreadable"),
+            "{e}"
+        );
     }
 }

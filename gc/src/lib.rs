@@ -1,4 +1,8 @@
-//! `metakv-gc`: the tombstone GC of a metakv cluster, as two pure state machines.
+//! `metakv-gc`: the two protocols a metakv leader runs over the whole cluster, as pure state
+//! machines: the tombstone GC (this page) and bucket hibernation ([`hibernate`]: pause to an
+//! archive, resume, and the janitor's repairs, with the records that carry them in `_sys`).
+//!
+//! The GC's machines:
 //!
 //! - [`Agent`], one per node: takes a lease for a job, serves the node's collectable tombstones
 //!   in sorted pages, compacts the node's file on request, and drops the job by itself when
@@ -26,12 +30,14 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod format;
 pub mod hibernate;
 mod job;
 mod manager;
 mod msg;
 
 pub use agent::{Agent, AgentAction, Hold, PageQuery, PageRead};
+pub use format::{FormatError, HIBERNATION_RECORD_FORMAT, JOB_RECORD_FORMAT};
 pub use job::{GcConfig, JobId, JobRecord, NodeCompaction, Outcome, PhaseTime, Trigger};
 pub use manager::{Action, Event, Manager, Progress, StartError};
 pub use msg::{AgentReply, AgentRequest};

@@ -205,6 +205,35 @@ impl Nodes {
         panic!("no member leads after 30 s");
     }
 
+    /// The leader's slot once the cluster has healed from the last fault: a member leads in
+    /// the highest term, and every member answers, knows that leader and has applied what the
+    /// leader had committed when the check began. A fault struck before that would meet the
+    /// last one still in effect (a follower paused while another catches up leaves no quorum),
+    /// and its timings would be the last one's. After 30 s it gives up waiting for the
+    /// stragglers and answers the leader; the end of the run checks every copy anyway.
+    pub async fn healed(&self) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = self.leader().await;
+            let Some(ls) = self.status(leader).await else {
+                if tokio::time::Instant::now() >= deadline {
+                    return leader;
+                }
+                continue;
+            };
+            let mut caught_up = true;
+            for s in self.members().filter(|&s| s != leader) {
+                caught_up &= self.status(s).await.is_some_and(|st| {
+                    st.leader == Some(ls.id) && st.term == ls.term && st.applied >= ls.committed
+                });
+            }
+            if caught_up || tokio::time::Instant::now() >= deadline {
+                return leader;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The `nth` member (modulo their number).
     pub fn nth_member(&self, nth: usize) -> usize {
         let members: Vec<usize> = self.members().collect();

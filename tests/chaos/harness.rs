@@ -496,8 +496,9 @@ async fn nemesis(
         let (mut timeline, mut faults, mut unhealed) = (Vec::new(), Vec::new(), Vec::new());
         for (at, fault) in schedule {
             tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
+            let leader = nodes.healed().await;
             let injected = start.elapsed();
-            let (struck, what) = match inject(&mut nodes, fault).await {
+            let (struck, what) = match inject(&mut nodes, fault, leader).await {
                 Ok(done) => done,
                 Err(why) => {
                     unhealed.push(Violation {
@@ -523,10 +524,13 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// Carries out one fault and heals it; returns the slot it struck (a kill, a pause, an
-/// isolated node) and what it did, or why the cluster did not heal.
-async fn inject(nodes: &mut Nodes, fault: Fault) -> Result<(Option<usize>, String), String> {
-    let leader = nodes.leader().await;
+/// Carries out one fault on a healed cluster led by `leader` and heals it; returns the slot it
+/// struck (a kill, a pause, an isolated node) and what it did, or why the cluster did not heal.
+async fn inject(
+    nodes: &mut Nodes,
+    fault: Fault,
+    leader: usize,
+) -> Result<(Option<usize>, String), String> {
     let follower = nodes.follower_of(leader);
     let kind = fault.kind();
     let (struck, what) = match fault {

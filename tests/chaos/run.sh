@@ -7,7 +7,7 @@
 # through and the slowest write after it. A run that finds a violation prints its seed, the
 # operations and faults involved, and keeps its nodes' data dirs and logs; the same seed
 # replays the same schedule:
-#   CHAOS_SEEDS=<seed> CHAOS_SECONDS=<seconds> cargo nextest run --test chaos -E 'test(short)' --no-capture
+#   CHAOS_SEEDS=<seed> CHAOS_SECONDS=<seconds> cargo test --test chaos short -- --nocapture
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CHAOS_SECONDS="${1:-60}" CHAOS_RUNS="${2:-10}" CHAOS_SEED="${3:-1}"

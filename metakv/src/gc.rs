@@ -177,7 +177,9 @@ impl Node {
             .await?;
         page.items
             .iter()
-            .map(|(_, record)| JobRecord::decode(&record.value).map_err(Error::Storage))
+            .map(|(_, record)| {
+                JobRecord::decode(&record.value).map_err(|e| Error::Storage(e.to_string()))
+            })
             .collect()
     }
 

@@ -359,14 +359,16 @@ async fn read_archive(
             };
             let (crc32, bytes) = reader.last_frame();
             let n = rs.len() as u64;
-            manifest.check_chunk(
-                chunks,
-                ChunkEntry {
-                    records: n,
-                    bytes,
-                    crc32,
-                },
-            )?;
+            manifest
+                .check_chunk(
+                    chunks,
+                    ChunkEntry {
+                        records: n,
+                        bytes,
+                        crc32,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
             chunks += 1;
             records += n;
             {
@@ -378,7 +380,9 @@ async fn read_archive(
                 return Err("stopped".to_owned());
             }
         }
-        manifest.check_end(rev, chunks, records)
+        manifest
+            .check_end(rev, chunks, records)
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| Error::Storage(format!("archive reader: {e}")))?
@@ -465,7 +469,7 @@ impl Node {
         let record = record
             .map(|r| HibernationRecord::decode(&r.value).map(|h| (h, r.rev)))
             .transpose()
-            .map_err(Error::Storage)?;
+            .map_err(|e| Error::Storage(e.to_string()))?;
         Ok((state, record))
     }
 

@@ -95,7 +95,7 @@ impl Backups {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Held>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        crate::node::lock(&self.open)
     }
 
     /// Removes the backups idle for longer than [`IDLE`].

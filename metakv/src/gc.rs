@@ -15,16 +15,13 @@ use metakv_gc::{
     JobRecord, Manager, Outcome, Progress, SERVICE, Trigger,
 };
 use metakv_store::{Expect, Op, SYS_BUCKET, Scan, TombstoneQuery};
-use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
-use crate::node::{Inner, Node, now_ms};
+use crate::node::{DRIVER_TICK, Inner, Node, lock, now_ms};
 
-/// How often the driver looks at leadership, membership, leases and triggers.
-const TICK: Duration = Duration::from_millis(250);
 /// Job records the janitor of a new leader looks at.
 const JANITOR_RECORDS: usize = 100;
 
@@ -57,10 +54,6 @@ pub(crate) struct GcState {
     ctl: mpsc::UnboundedSender<Ctl>,
     progress: Mutex<Option<Progress>>,
     epoch: Instant,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl GcState {
@@ -191,7 +184,7 @@ impl Node {
             value: record.encode(),
             expect: Expect::Any,
         };
-        self.propose_here(op, self.inner.config.request_timeout)
+        self.propose_here(op, Some(self.inner.config.request_timeout))
             .await
             .map(|_| ())
     }
@@ -228,7 +221,7 @@ fn view(node: &Node) -> View {
     let m = node.raft().metrics().borrow_watched().clone();
     let membership = m.membership_config.membership();
     View {
-        leader_term: (m.state == ServerState::Leader).then_some(m.current_term),
+        leader_term: node.leading().ok(),
         members: membership
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
@@ -301,7 +294,7 @@ pub(crate) async fn drive(
         pending: FuturesUnordered::new(),
     };
     drop(first);
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(DRIVER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         enum Input {
@@ -432,7 +425,7 @@ impl Driver {
             }
         };
         let Some(m) = &self.manager else {
-            let leader = node.raft().metrics().borrow_watched().current_leader;
+            let leader = node.leading().err().and_then(|not| not.leader);
             return refuse(reply, Error::NotLeader { leader });
         };
         if let Some(job) = m
@@ -638,7 +631,7 @@ impl Driver {
                 Action::Purge { job, items } => {
                     let ttl = Duration::from_millis(config.call_timeout_ms);
                     self.pending.push(Box::pin(async move {
-                        let write = node.propose_here(Op::Purge { items }, ttl).await;
+                        let write = node.propose_here(Op::Purge { items }, Some(ttl)).await;
                         Step::Gc(match write {
                             Ok(metakv_store::Applied::Purged { purged, skipped }) => {
                                 Event::Purged {

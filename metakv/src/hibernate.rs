@@ -20,23 +20,18 @@ use metakv_gc::hibernate::{
     ARCHIVE_OBJECT, ChunkEntry, HibernationRecord, MANIFEST_FORMAT, MANIFEST_OBJECT, Manifest,
     OpId, OpKind, Repair, Seen, janitor,
 };
-use metakv_raft::Command;
 use metakv_store::archive::{ARCHIVE_FORMAT, ArchiveReader, Frame, Scope};
 use metakv_store::{
     Applied, BucketState, Expect, HIBERNATION_KEY_PREFIX, Op, SYS_BUCKET, Scan, hibernation_key,
 };
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-use openraft::ServerState;
-use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
-use crate::node::{Inner, Node, next_tick, now_ms};
+use crate::node::{DRIVER_TICK, Inner, Node, lock, next_tick, now_ms};
 
-/// How often the driver looks at leadership.
-const TICK: Duration = Duration::from_millis(250);
 /// Bytes handed from the exporting thread to the uploader at a time.
 const HANDOFF_BYTES: usize = 1 << 20;
 /// `Restore` entries (archive chunks of up to 1 MiB) on their way through Raft at once: one
@@ -192,10 +187,6 @@ pub(crate) struct HibernationState {
     config: HibernationConfig,
     running: Mutex<BTreeMap<String, Running>>,
     seq: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl HibernationState {
@@ -398,27 +389,7 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
 impl Node {
     /// This node's term if it leads; `NotLeader` otherwise.
     fn leading_term(&self) -> Result<u64> {
-        let m = self.raft().metrics().borrow_watched().clone();
-        if m.state == ServerState::Leader {
-            Ok(m.current_term)
-        } else {
-            Err(Error::NotLeader {
-                leader: m.current_leader,
-            })
-        }
-    }
-
-    /// Proposes one op on this node (it must lead) and returns what it applied.
-    async fn propose(&self, op: Op) -> Result<Applied> {
-        let resp = self
-            .raft()
-            .client_write(Command {
-                time_ms: now_ms(),
-                op,
-            })
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        crate::api::applied(resp.data)
+        self.leading().map_err(Error::from)
     }
 
     /// Proposes a hibernation step; `Ok(rev)` of the new record, or `Busy` when the record
@@ -432,13 +403,17 @@ impl Node {
         expect: Expect,
     ) -> Result<u64> {
         match self
-            .propose(Op::Hibernate {
-                bucket: bucket.to_owned(),
-                state,
-                drop_data,
-                record: record.encode(),
-                expect,
-            })
+            .propose_here(
+                Op::Hibernate {
+                    bucket: bucket.to_owned(),
+                    state,
+                    drop_data,
+                    record: record.encode(),
+                    expect,
+                },
+                // As long as Raft takes: a step is never left half-known to its operation.
+                None,
+            )
             .await?
         {
             Applied::Written { rev } => Ok(rev),
@@ -827,10 +802,14 @@ impl Node {
             let mut applied = std::pin::pin!(
                 chunks
                     .map(|records| {
-                        self.propose(Op::Restore {
-                            bucket: bucket.to_owned(),
-                            records,
-                        })
+                        // As long as Raft takes: a chunk is never left half-known.
+                        self.propose_here(
+                            Op::Restore {
+                                bucket: bucket.to_owned(),
+                                records,
+                            },
+                            None,
+                        )
                     })
                     .buffered(RESTORES_IN_FLIGHT)
             );
@@ -838,7 +817,7 @@ impl Node {
                 // On an error the stream, and with it the channel, is dropped: the reader stops.
                 done?;
             }
-            Ok(())
+            Ok::<(), Error>(())
         };
         let (read, restored) = tokio::join!(
             read_archive(
@@ -1088,7 +1067,7 @@ pub(crate) async fn drive(node: Weak<Inner>, mut stop: watch::Receiver<bool>) {
     let Some(first) = node.upgrade() else { return };
     let interval = first.hibernation.config.janitor_interval_ms;
     drop(first);
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(DRIVER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut led: Option<u64> = None;
     let mut last_janitor = tokio::time::Instant::now();

@@ -287,6 +287,16 @@ async fn stop_on_failure(node: Weak<Inner>, raft: Raft, mut stop: watch::Receive
     let _ = inner.stop.send(true);
 }
 
+/// How often the GC and hibernation drivers look at leadership, membership, leases and
+/// triggers.
+pub(crate) const DRIVER_TICK: Duration = Duration::from_millis(250);
+
+/// A mutex's guard, also after a panic elsewhere poisoned it: the drivers' state stays usable
+/// (each update is whole under the lock).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -449,10 +459,7 @@ impl Node {
             services,
             stopped,
         ));
-        *inner
-            .server
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        *lock(&inner.server) = Some(task);
         let node = Node { inner };
         let initialized = raft
             .is_initialized()
@@ -603,12 +610,7 @@ impl Node {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        let task = self
-            .inner
-            .server
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let task = lock(&self.inner.server).take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -687,26 +689,60 @@ impl Node {
     /// Proposes `op` on this node only, never forwarded: a write that must commit in the term
     /// of the leader that makes it (a GC job's record: a leader that lost its place without
     /// knowing must not record, through the new leader, a job the new leader never adopts).
-    /// `NotLeader` on any other node; `Unavailable` when not committed within `ttl`.
+    /// `NotLeader` on any other node; `Unavailable` when not committed within `ttl` (`None`:
+    /// as long as Raft takes).
     pub(crate) async fn propose_here(
         &self,
         op: Op,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<metakv_store::Applied> {
+        let write = self.propose(op);
+        let proposed = match ttl {
+            Some(ttl) => tokio::time::timeout(ttl, write)
+                .await
+                .map_err(|_| Error::Unavailable(format!("not committed within {ttl:?}")))?,
+            None => write.await,
+        };
+        proposed.map_err(Error::from)?
+    }
+
+    /// The one path to `client_write`: proposes `op` stamped with the leader's clock (the
+    /// only time apply reads) and answers what applying it did, or the leader to ask instead.
+    async fn propose(
+        &self,
+        op: Op,
+    ) -> std::result::Result<Result<metakv_store::Applied>, NotLeading> {
         let write = self.inner.raft.client_write(Command {
             time_ms: now_ms(),
             op,
         });
-        match tokio::time::timeout(ttl, write).await {
-            Ok(Ok(resp)) => applied(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
-            Err(_) => Err(Error::Unavailable(format!("not committed within {ttl:?}"))),
+        match write.await {
+            Ok(resp) => Ok(applied(resp.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(NotLeading {
+                leader: f.leader_id,
+                addr: f.leader_node.map(|n| n.addr),
+            }),
+            Err(e) => Ok(Err(Error::Unavailable(e.to_string()))),
         }
+    }
+
+    /// This node's term if it leads now; otherwise the leader it knows of. Every "do I
+    /// lead?" reads this.
+    pub(crate) fn leading(&self) -> std::result::Result<u64, NotLeading> {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader {
+            return Ok(m.current_term);
+        }
+        let addr = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        Err(NotLeading {
+            leader: m.current_leader,
+            addr,
+        })
     }
 
     /// Answers here, or through the leader when it must answer. A refused attempt is retried when
@@ -770,23 +806,10 @@ impl Node {
         &self,
         request: &ClientRequest,
     ) -> std::result::Result<Result<ClientReply>, Redirect> {
-        let raft = &self.inner.raft;
         Ok(match request.clone() {
             ClientRequest::Write(op) => match op.validate(self.inner.config.value_bytes_max) {
                 Err(e) => Err(Error::from_store(e)),
-                Ok(()) => match raft
-                    .client_write(Command {
-                        time_ms: now_ms(),
-                        op,
-                    })
-                    .await
-                {
-                    Ok(resp) => applied(resp.data).map(ClientReply::Applied),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        return Err(redirect(f.leader_id, f.leader_node));
-                    }
-                    Err(e) => Err(Error::Unavailable(e.to_string())),
-                },
+                Ok(()) => self.propose(op).await?.map(ClientReply::Applied),
             },
             ClientRequest::Get {
                 bucket,
@@ -1101,17 +1124,7 @@ impl Node {
     /// committed before the read began (read index); redirects when another node leads.
     /// `Ok` if this node leads; otherwise a redirect to the leader it knows of.
     fn lead_here(&self) -> std::result::Result<(), Redirect> {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
-        if m.state == ServerState::Leader {
-            return Ok(());
-        }
-        let addr = m.current_leader.and_then(|l| {
-            m.membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.addr.clone())
-        });
-        Err(Redirect(m.current_leader.zip(addr)))
+        self.leading().map(|_| ()).map_err(Redirect::from)
     }
 
     pub(crate) async fn linearize(
@@ -1231,6 +1244,25 @@ fn leader_only<T>(r: Result<T>) -> std::result::Result<Result<T>, Redirect> {
 
 fn redirect(id: Option<u64>, node: Option<NodeAddr>) -> Redirect {
     Redirect(id.zip(node.map(|n| n.addr)))
+}
+
+/// This node does not lead: the leader it knows of, and that leader's address.
+#[derive(Debug, Clone)]
+pub(crate) struct NotLeading {
+    pub(crate) leader: Option<u64>,
+    pub(crate) addr: Option<String>,
+}
+
+impl From<NotLeading> for Redirect {
+    fn from(not: NotLeading) -> Redirect {
+        Redirect(not.leader.zip(not.addr))
+    }
+}
+
+impl From<NotLeading> for Error {
+    fn from(not: NotLeading) -> Error {
+        Error::NotLeader { leader: not.leader }
+    }
 }
 
 /// Why a caller may not send `request` itself, if it may not: writes to `_sys`, and the

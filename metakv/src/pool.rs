@@ -9,6 +9,7 @@ use metakv_raft::wire::{Reply, Request};
 
 use crate::api::{CLIENT_SERVICE, ClientReply, ClientRequest};
 use crate::error::{Error, Result};
+use crate::node::lock;
 
 /// Idle connections kept per address.
 const IDLE_PER_ADDR_MAX: usize = 8;
@@ -30,18 +31,11 @@ impl Pool {
     }
 
     fn take(&self, addr: &str) -> Option<Conn> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(addr)
-            .and_then(Vec::pop)
+        lock(&self.idle).get_mut(addr).and_then(Vec::pop)
     }
 
     fn give(&self, addr: &str, conn: Conn) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = lock(&self.idle);
         let list = idle.entry(addr.to_owned()).or_default();
         if list.len() < IDLE_PER_ADDR_MAX {
             list.push(conn);

@@ -346,7 +346,7 @@ impl Driver {
                     },
                 ));
             }
-            self.later(node, actions);
+            self.carry_out(node, actions);
         }
         let now = now_ms();
         let mut actions = Vec::new();
@@ -356,7 +356,7 @@ impl Driver {
         {
             actions.extend(m.tick(now));
         }
-        self.later(node, actions);
+        self.carry_out(node, actions);
         // Triggers: the timer, and the tombstone count (read off the bucket table).
         if let Some(m) = &self.manager
             && m.running().is_none()
@@ -387,7 +387,7 @@ impl Driver {
         if current.is_some() && current != v.leader_term {
             let mut old = self.manager.take().expect("checked");
             let actions = old.on(now, Event::LeaderLost);
-            self.later(node, actions);
+            self.carry_out(node, actions);
             if old.running().is_some() {
                 self.retiring = Some(old);
             }
@@ -490,7 +490,7 @@ impl Driver {
                 };
                 if let Some(m) = target {
                     let actions = m.on(now, event);
-                    self.later(node, actions);
+                    self.carry_out(node, actions);
                 }
                 if self
                     .retiring
@@ -524,7 +524,7 @@ impl Driver {
                         // The first action writes the job's record; the caller hears back when
                         // that write resolves (`Step::Recorded`).
                         self.answer = reply.map(|r| (job, r));
-                        self.later(node, actions);
+                        self.carry_out(node, actions);
                     }
                     Err(e) => {
                         tracing::info!(error = %e, ?trigger, "GC job not started");
@@ -563,7 +563,7 @@ impl Driver {
                             };
                             tracing::info!(job = %record.id, compact, "GC job adopted from the previous leader");
                             match m.adopt(now, record) {
-                                Ok(actions) => self.later(node, actions),
+                                Ok(actions) => self.carry_out(node, actions),
                                 Err(e) => tracing::warn!(error = %e, "GC job not adopted"),
                             }
                         }
@@ -591,66 +591,21 @@ impl Driver {
     }
 
     /// Carries out the manager's actions; their outcomes come back through `pending`.
-    fn later(&mut self, node: &Node, actions: Vec<Action>) {
-        let config = &self.config;
+    fn carry_out(&mut self, node: &Node, actions: Vec<Action>) {
         for action in actions {
             let node = node.clone();
             match action {
-                Action::Call { node: id, request } => {
-                    let ttl = match request {
-                        AgentRequest::Compact { .. } => config.compact_timeout_ms,
-                        _ => config.call_timeout_ms,
-                    };
-                    let ttl = Duration::from_millis(ttl);
-                    let job = request.job().expect("manager calls belong to a job");
-                    let addr = view(&node).members.get(&id).cloned();
-                    self.pending.push(Box::pin(async move {
-                        Step::Gc(match node.call_agent(id, addr, request, ttl).await {
-                            Ok(reply) => Event::Reply {
-                                job,
-                                node: id,
-                                reply,
-                            },
-                            Err(error) => Event::CallFailed {
-                                job,
-                                node: id,
-                                error,
-                            },
-                        })
-                    }));
-                }
+                Action::Call { node: id, request } => self.call(node, id, request),
                 Action::Release { node: id, job } => {
                     let addr = view(&node).members.get(&id).cloned();
-                    let ttl = Duration::from_millis(config.call_timeout_ms);
+                    let ttl = Duration::from_millis(self.config.call_timeout_ms);
                     tokio::spawn(async move {
                         let _ = node
                             .call_agent(id, addr, AgentRequest::Release { job }, ttl)
                             .await;
                     });
                 }
-                Action::Purge { job, items } => {
-                    let ttl = Duration::from_millis(config.call_timeout_ms);
-                    self.pending.push(Box::pin(async move {
-                        let write = node.propose_here(Op::Purge { items }, Some(ttl)).await;
-                        Step::Gc(match write {
-                            Ok(metakv_store::Applied::Purged { purged, skipped }) => {
-                                Event::Purged {
-                                    job,
-                                    purged,
-                                    skipped,
-                                }
-                            }
-                            Ok(other) => Event::PurgeFailed {
-                                job,
-                                error: format!("applied as {other:?}"),
-                            },
-                            Err(e) => Event::PurgeFailed {
-                                job,
-                                error: e.to_string(),
-                            },
-                        })
-                    }));
-                }
+                Action::Purge { job, items } => self.purge(node, job, items),
                 Action::WriteRecord(record) => {
                     let job = record.id;
                     self.pending.push(Box::pin(async move {
@@ -679,6 +634,55 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Calls node `id`'s agent; the answer comes back as `Reply` or `CallFailed`.
+    fn call(&mut self, node: Node, id: u64, request: AgentRequest) {
+        let ttl = match request {
+            AgentRequest::Compact { .. } => self.config.compact_timeout_ms,
+            _ => self.config.call_timeout_ms,
+        };
+        let ttl = Duration::from_millis(ttl);
+        let job = request.job().expect("manager calls belong to a job");
+        let addr = view(&node).members.get(&id).cloned();
+        self.pending.push(Box::pin(async move {
+            Step::Gc(match node.call_agent(id, addr, request, ttl).await {
+                Ok(reply) => Event::Reply {
+                    job,
+                    node: id,
+                    reply,
+                },
+                Err(error) => Event::CallFailed {
+                    job,
+                    node: id,
+                    error,
+                },
+            })
+        }));
+    }
+
+    /// Proposes a guarded purge on this node; the answer comes back as `Purged` or
+    /// `PurgeFailed`.
+    fn purge(&mut self, node: Node, job: JobId, items: Vec<metakv_store::TombstoneRef>) {
+        let ttl = Duration::from_millis(self.config.call_timeout_ms);
+        self.pending.push(Box::pin(async move {
+            let write = node.propose_here(Op::Purge { items }, Some(ttl)).await;
+            Step::Gc(match write {
+                Ok(metakv_store::Applied::Purged { purged, skipped }) => Event::Purged {
+                    job,
+                    purged,
+                    skipped,
+                },
+                Ok(other) => Event::PurgeFailed {
+                    job,
+                    error: format!("applied as {other:?}"),
+                },
+                Err(e) => Event::PurgeFailed {
+                    job,
+                    error: e.to_string(),
+                },
+            })
+        }));
     }
 }
 

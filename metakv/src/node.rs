@@ -806,10 +806,11 @@ impl Node {
         &self,
         request: &ClientRequest,
     ) -> std::result::Result<Result<ClientReply>, Redirect> {
-        Ok(match request.clone() {
+        // Matched by reference: only what an answer needs is copied, once per attempt.
+        Ok(match request {
             ClientRequest::Write(op) => match op.validate(self.inner.config.value_bytes_max) {
                 Err(e) => Err(Error::from_store(e)),
-                Ok(()) => self.propose(op).await?.map(ClientReply::Applied),
+                Ok(()) => self.propose(op.clone()).await?.map(ClientReply::Applied),
             },
             ClientRequest::Get {
                 bucket,
@@ -817,7 +818,9 @@ impl Node {
                 include_tombstones,
                 consistency,
             } => {
-                self.linearize(consistency).await?;
+                self.linearize(*consistency).await?;
+                let (bucket, key, include_tombstones) =
+                    (bucket.clone(), key.clone(), *include_tombstones);
                 self.local(move |s| s.read()?.get(&bucket, &key, include_tombstones))
                     .await
                     .map(ClientReply::Record)
@@ -830,13 +833,14 @@ impl Node {
                 include_tombstones,
                 consistency,
             } => {
-                self.linearize(consistency).await?;
+                self.linearize(*consistency).await?;
                 let scan = Scan {
-                    prefix,
-                    after,
-                    limit: limit as usize,
-                    include_tombstones,
+                    prefix: prefix.clone(),
+                    after: after.clone(),
+                    limit: *limit as usize,
+                    include_tombstones: *include_tombstones,
                 };
+                let bucket = bucket.clone();
                 self.local(move |s| s.read()?.scan(&bucket, &scan))
                     .await
                     .map(|p| {
@@ -853,52 +857,88 @@ impl Node {
                 limit,
                 wait_ms,
             } => {
-                if wait_ms > WATCH_WAIT_MS_MAX {
-                    return Ok(Err(Error::invalid(format!(
-                        "wait_ms {wait_ms} is over the limit of {WATCH_WAIT_MS_MAX}"
-                    ))));
-                }
-                let applied = self.applied_index();
-                if wait_ms > 0 {
-                    self.inner
-                        .gc
-                        .pin(&bucket, after_rev, Duration::from_millis(wait_ms.into()));
-                }
-                let mut page = self.changes_page(&bucket, &prefix, after_rev, limit).await;
-                let empty =
-                    matches!(&page, Ok(ChangesPage::Events { events, .. }) if events.is_empty());
-                if wait_ms > 0 && empty {
-                    // Nothing yet: wait for the next applied entry, or for the poll to run out.
-                    let wait = self
-                        .inner
-                        .raft
-                        .wait(Some(Duration::from_millis(wait_ms.into())));
-                    if wait
-                        .applied_index_at_least(Some(applied + 1), "watch")
-                        .await
-                        .is_ok()
-                    {
-                        page = self.changes_page(&bucket, &prefix, after_rev, limit).await;
-                    }
-                }
-                page.map(ClientReply::Changes)
+                self.poll_changes(bucket, prefix, *after_rev, *limit, *wait_ms)
+                    .await
             }
             ClientRequest::Bucket {
                 bucket,
                 consistency,
             } => {
-                self.linearize(consistency).await?;
+                self.linearize(*consistency).await?;
+                let bucket = bucket.clone();
                 self.local(move |s| s.bucket(&bucket))
                     .await
                     .map(ClientReply::Bucket)
             }
             ClientRequest::Buckets { consistency } => {
-                self.linearize(consistency).await?;
+                self.linearize(*consistency).await?;
                 self.local(|s| s.read()?.buckets())
                     .await
                     .map(ClientReply::Buckets)
             }
             ClientRequest::Status => Ok(ClientReply::Status(self.node_status())),
+            ClientRequest::GcRun { .. }
+            | ClientRequest::GcStatus { .. }
+            | ClientRequest::ClusterStatus
+            | ClientRequest::CompactNode
+            | ClientRequest::CheckNode
+            | ClientRequest::PauseBucket { .. }
+            | ClientRequest::ResumeBucket { .. }
+            | ClientRequest::Hibernation { .. }
+            | ClientRequest::BackupBegin
+            | ClientRequest::BackupChunk { .. }
+            | ClientRequest::BackupEnd { .. }
+            | ClientRequest::Join { .. }
+            | ClientRequest::Remove { .. } => return self.try_admin(request).await,
+        })
+    }
+
+    /// A watch's poll: the changes after `after_rev`, waiting up to `wait_ms` for the next
+    /// applied entry when there are none yet.
+    async fn poll_changes(
+        &self,
+        bucket: &str,
+        prefix: &[u8],
+        after_rev: u64,
+        limit: u32,
+        wait_ms: u32,
+    ) -> Result<ClientReply> {
+        if wait_ms > WATCH_WAIT_MS_MAX {
+            return Err(Error::invalid(format!(
+                "wait_ms {wait_ms} is over the limit of {WATCH_WAIT_MS_MAX}"
+            )));
+        }
+        let applied = self.applied_index();
+        if wait_ms > 0 {
+            self.inner
+                .gc
+                .pin(bucket, after_rev, Duration::from_millis(wait_ms.into()));
+        }
+        let mut page = self.changes_page(bucket, prefix, after_rev, limit).await;
+        let empty = matches!(&page, Ok(ChangesPage::Events { events, .. }) if events.is_empty());
+        if wait_ms > 0 && empty {
+            // Nothing yet: wait for the next applied entry, or for the poll to run out.
+            let wait = self
+                .inner
+                .raft
+                .wait(Some(Duration::from_millis(wait_ms.into())));
+            if wait
+                .applied_index_at_least(Some(applied + 1), "watch")
+                .await
+                .is_ok()
+            {
+                page = self.changes_page(bucket, prefix, after_rev, limit).await;
+            }
+        }
+        page.map(ClientReply::Changes)
+    }
+
+    /// One attempt at an operator's request: GC, hibernation, backup, checks, membership.
+    async fn try_admin(
+        &self,
+        request: &ClientRequest,
+    ) -> std::result::Result<Result<ClientReply>, Redirect> {
+        Ok(match request.clone() {
             ClientRequest::GcRun {
                 dry_run,
                 min_age_ms,
@@ -977,6 +1017,13 @@ impl Node {
                     .change_members(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
                     .await;
             }
+            ClientRequest::Write(_)
+            | ClientRequest::Get { .. }
+            | ClientRequest::Scan { .. }
+            | ClientRequest::Changes { .. }
+            | ClientRequest::Bucket { .. }
+            | ClientRequest::Buckets { .. }
+            | ClientRequest::Status => unreachable!("answered by try_handle"),
         })
     }
 

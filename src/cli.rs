@@ -432,222 +432,6 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
             id,
             advertise,
         } => maintenance::restore(&file, &data_dir, id, &advertise, json)?,
-        ClientCmd::Gc(GcCmd::Run {
-            dry_run,
-            min_age,
-            no_wait,
-        }) => {
-            let job = client.gc_run(dry_run, min_age).await?;
-            if no_wait {
-                if json {
-                    outln!("{}", json!({"job": job.to_string()}));
-                } else {
-                    outln!("job {job} started");
-                }
-                return Ok(());
-            }
-            let progress = crate::progress::Progress::spinner();
-            progress.note(format!("GC job {job} started"));
-            let record = loop {
-                let status = client.gc_status(20).await?;
-                if let Some(r) = status
-                    .jobs
-                    .iter()
-                    .find(|r| r.id == job && r.outcome.is_finished())
-                {
-                    break r.clone();
-                }
-                if let Some(p) = status.running.filter(|p| p.job == job) {
-                    progress.note(format!(
-                        "GC job {job} {}: collected {:?}, agreed {}, purged {}, compacted nodes {:?}",
-                        p.phase, p.collected, p.agreed, p.purged, p.compacted
-                    ));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            };
-            progress.finish();
-            if json {
-                outln!("{}", job_json(&record));
-            } else {
-                print_job(&record);
-            }
-            if let GcOutcome::Failed { reason } = &record.outcome {
-                return Err(Fail(1, format!("GC job {job} failed: {reason}")));
-            }
-        }
-        ClientCmd::Gc(GcCmd::Status { limit }) => {
-            let status = client.gc_status(limit).await?;
-            if json {
-                let running = status.running.as_ref().map(|p| {
-                    json!({"job": p.job.to_string(), "phase": p.phase, "agreed": p.agreed,
-                           "purged": p.purged})
-                });
-                let jobs: Vec<Value> = status.jobs.iter().map(job_json).collect();
-                outln!("{}", json!({"running": running, "jobs": jobs}));
-            } else {
-                match &status.running {
-                    Some(p) => outln!(
-                        "running: job {} in {}, agreed {}, purged {}",
-                        p.job,
-                        p.phase,
-                        p.agreed,
-                        p.purged
-                    ),
-                    None => outln!("no job running"),
-                }
-                if status.jobs.is_empty() {
-                    outln!("no job has run yet");
-                }
-                for r in &status.jobs {
-                    print_job(r);
-                }
-            }
-        }
-        ClientCmd::Cluster(ClusterCmd::Status) => {
-            let cs = client.cluster_status().await?;
-            if json {
-                let nodes: Vec<Value> = cs
-                    .nodes
-                    .iter()
-                    .map(|n| match &n.status {
-                        Ok(s) => json!({"id": s.id, "addr": s.addr, "role": role(s.role), "applied": s.applied, "committed": s.committed, "file_bytes": s.state_file_bytes + s.log_file_bytes}),
-                        Err(e) => json!({"id": n.member.id, "addr": n.member.addr, "role": "unreachable", "error": e}),
-                    })
-                    .collect();
-                outln!(
-                    "{}",
-                    json!({"leader": cs.leader, "term": cs.term, "nodes": nodes})
-                );
-            } else {
-                outln!(
-                    "leader {}  term {}",
-                    cs.leader.map_or("none".into(), |l| l.to_string()),
-                    cs.term
-                );
-                for n in &cs.nodes {
-                    match &n.status {
-                        Ok(s) => outln!("{}", status_line(s)),
-                        Err(e) => outln!(
-                            "{:>4}  {:<21}  unreachable: {e}",
-                            n.member.id,
-                            n.member.addr
-                        ),
-                    }
-                }
-            }
-        }
-        ClientCmd::Cluster(ClusterCmd::Members) => {
-            let s = client.status().await?;
-            if json {
-                let members: Vec<Value> = s
-                    .members
-                    .iter()
-                    .map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter}))
-                    .collect();
-                outln!("{}", json!({"members": members}));
-            } else {
-                for m in &s.members {
-                    outln!(
-                        "{:>4}  {:<21}  {}",
-                        m.id,
-                        m.addr,
-                        if m.voter { "voter" } else { "learner" }
-                    );
-                }
-            }
-        }
-        ClientCmd::Cluster(ClusterCmd::AddNode { id, addr }) => {
-            client.add_node(id, &addr).await?;
-            if json {
-                outln!("{}", json!({"added": id}))
-            } else {
-                outln!("node {id} at {addr} is a voter")
-            }
-        }
-        ClientCmd::Cluster(ClusterCmd::RemoveNode { id }) => {
-            client.remove_node(id).await?;
-            if json {
-                outln!("{}", json!({"removed": id}))
-            } else {
-                outln!("node {id} removed")
-            }
-        }
-        ClientCmd::Bucket(BucketCmd::Create { name }) => {
-            client.create_bucket(&name).await?;
-            if json {
-                outln!("{}", json!({"bucket": name}))
-            } else {
-                outln!("bucket {name} created")
-            }
-        }
-        ClientCmd::Bucket(BucketCmd::Drop { name }) => {
-            client.drop_bucket(&name).await?;
-            if json {
-                outln!("{}", json!({"bucket": name, "dropped": true}))
-            } else {
-                outln!("bucket {name} dropped")
-            }
-        }
-        ClientCmd::Bucket(BucketCmd::List) => {
-            for (name, info) in client.buckets().await? {
-                if name == metakv::store::SYS_BUCKET {
-                    continue;
-                }
-                if json {
-                    outln!(
-                        "{}",
-                        json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones})
-                    );
-                } else {
-                    outln!(
-                        "{name:<32} {:<9} {:>10} records {:>10} tombstones",
-                        info.state.as_str(),
-                        info.records,
-                        info.tombstones
-                    );
-                }
-            }
-        }
-        ClientCmd::Bucket(BucketCmd::Status { name }) => {
-            let info = client.bucket(&name).await?;
-            let h = client.hibernation(&name).await?;
-            if json {
-                outln!(
-                    "{}",
-                    json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones, "purge_floor": info.purge_floor, "hibernation": hibernation_json(&h)})
-                );
-            } else {
-                outln!(
-                    "{name}: {}, {} records, {} tombstones, purge floor {}",
-                    info.state.as_str(),
-                    info.records,
-                    info.tombstones,
-                    info.purge_floor
-                );
-                if let Some(line) = hibernation_line(&h) {
-                    outln!("{line}");
-                }
-                if let Some(p) = &h.running {
-                    outln!("running: {}", progress_line(&name, p));
-                }
-            }
-        }
-        ClientCmd::Bucket(BucketCmd::Pause {
-            name,
-            archive,
-            no_wait,
-        }) => {
-            let op = client.start_pause(&name, &archive).await?;
-            hibernation_finish(client, &name, op, "paused", no_wait, json).await?;
-        }
-        ClientCmd::Bucket(BucketCmd::Resume {
-            name,
-            archive,
-            no_wait,
-        }) => {
-            let op = client.start_resume(&name, archive.as_deref()).await?;
-            hibernation_finish(client, &name, op, "resumed", no_wait, json).await?;
-        }
         ClientCmd::Put {
             bucket,
             key,
@@ -723,83 +507,343 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
             prefix,
             limit,
             tombstones,
-        } => {
-            let mut after = None;
-            let mut left = limit;
-            while left > 0 {
-                let page = client
-                    .scan(
-                        &bucket,
-                        prefix.as_bytes(),
-                        after.take(),
-                        left.min(1000) as u32,
-                        tombstones,
-                        Consistency::Linearizable,
-                    )
-                    .await?;
-                for (key, r) in &page.items {
-                    if json {
-                        let mut v = record_json(None, key, r);
-                        if let Value::Object(o) = &mut v {
-                            o.remove("create_rev");
-                            o.remove("version");
-                        }
-                        outln!("{v}");
-                    } else {
-                        let flag = if r.deleted { " (deleted)" } else { "" };
-                        outln!(
-                            "{}\trev {}{flag}\t{}",
-                            String::from_utf8_lossy(key),
-                            r.rev,
-                            String::from_utf8_lossy(&r.value)
-                        );
-                    }
-                }
-                left = left.saturating_sub(page.items.len());
-                match page.next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-        }
+        } => list(client, json, &bucket, &prefix, limit, tombstones).await?,
         ClientCmd::Watch {
             bucket,
             prefix,
             from_rev,
-        } => {
-            let mut watch = client.watch(&bucket, prefix.as_bytes(), from_rev);
-            loop {
-                match watch.next().await? {
-                    WatchEvent::Change { key, record } => {
-                        if json {
-                            let mut v = record_json(None, &key, &record);
-                            if let Value::Object(o) = &mut v {
-                                o.insert(
-                                    "type".into(),
-                                    json!(if record.deleted { "delete" } else { "put" }),
-                                );
-                            }
-                            outln!("{v}");
-                        } else {
-                            let kind = if record.deleted { "delete" } else { "put" };
-                            outln!(
-                                "{} {kind} {} {}",
-                                record.rev,
-                                String::from_utf8_lossy(&key),
-                                String::from_utf8_lossy(&record.value)
-                            );
-                        }
+        } => watch(client, json, &bucket, &prefix, from_rev).await?,
+        ClientCmd::Gc(cmd) => gc_command(client, json, cmd).await?,
+        ClientCmd::Cluster(cmd) => cluster_command(client, json, cmd).await?,
+        ClientCmd::Bucket(cmd) => bucket_command(client, json, cmd).await?,
+    }
+    Ok(())
+}
+
+/// `ls`: a bucket's records in key order, a page at a time.
+async fn list(
+    client: &Client,
+    json: bool,
+    bucket: &str,
+    prefix: &str,
+    limit: usize,
+    tombstones: bool,
+) -> Result<(), Fail> {
+    let mut after = None;
+    let mut left = limit;
+    while left > 0 {
+        let page = client
+            .scan(
+                bucket,
+                prefix.as_bytes(),
+                after.take(),
+                left.min(1000) as u32,
+                tombstones,
+                Consistency::Linearizable,
+            )
+            .await?;
+        for (key, r) in &page.items {
+            if json {
+                let mut v = record_json(None, key, r);
+                if let Value::Object(o) = &mut v {
+                    o.remove("create_rev");
+                    o.remove("version");
+                }
+                outln!("{v}");
+            } else {
+                let flag = if r.deleted { " (deleted)" } else { "" };
+                outln!(
+                    "{}\trev {}{flag}\t{}",
+                    String::from_utf8_lossy(key),
+                    r.rev,
+                    String::from_utf8_lossy(&r.value)
+                );
+            }
+        }
+        left = left.saturating_sub(page.items.len());
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// `watch`: every change from `from_rev` on, until the connection ends or changes were compacted.
+async fn watch(
+    client: &Client,
+    json: bool,
+    bucket: &str,
+    prefix: &str,
+    from_rev: u64,
+) -> Result<(), Fail> {
+    let mut watch = client.watch(bucket, prefix.as_bytes(), from_rev);
+    loop {
+        match watch.next().await? {
+            WatchEvent::Change { key, record } => {
+                if json {
+                    let mut v = record_json(None, &key, &record);
+                    if let Value::Object(o) = &mut v {
+                        o.insert(
+                            "type".into(),
+                            json!(if record.deleted { "delete" } else { "put" }),
+                        );
                     }
-                    WatchEvent::Compacted { floor } => {
-                        return Err(Fail(
-                            1,
-                            format!(
-                                "watch: changes up to revision {floor} were compacted; list the bucket and watch from there"
-                            ),
-                        ));
+                    outln!("{v}");
+                } else {
+                    let kind = if record.deleted { "delete" } else { "put" };
+                    outln!(
+                        "{} {kind} {} {}",
+                        record.rev,
+                        String::from_utf8_lossy(&key),
+                        String::from_utf8_lossy(&record.value)
+                    );
+                }
+            }
+            WatchEvent::Compacted { floor } => {
+                return Err(Fail(
+                    1,
+                    format!(
+                        "watch: changes up to revision {floor} were compacted; list the bucket and watch from there"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// `gc run` and `gc status`.
+async fn gc_command(client: &Client, json: bool, cmd: GcCmd) -> Result<(), Fail> {
+    match cmd {
+        GcCmd::Run {
+            dry_run,
+            min_age,
+            no_wait,
+        } => {
+            let job = client.gc_run(dry_run, min_age).await?;
+            if no_wait {
+                if json {
+                    outln!("{}", json!({"job": job.to_string()}));
+                } else {
+                    outln!("job {job} started");
+                }
+                return Ok(());
+            }
+            let progress = crate::progress::Progress::spinner();
+            progress.note(format!("GC job {job} started"));
+            let record = loop {
+                let status = client.gc_status(20).await?;
+                if let Some(r) = status
+                    .jobs
+                    .iter()
+                    .find(|r| r.id == job && r.outcome.is_finished())
+                {
+                    break r.clone();
+                }
+                if let Some(p) = status.running.filter(|p| p.job == job) {
+                    progress.note(format!(
+                        "GC job {job} {}: collected {:?}, agreed {}, purged {}, compacted nodes {:?}",
+                        p.phase, p.collected, p.agreed, p.purged, p.compacted
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
+            progress.finish();
+            if json {
+                outln!("{}", job_json(&record));
+            } else {
+                print_job(&record);
+            }
+            if let GcOutcome::Failed { reason } = &record.outcome {
+                return Err(Fail(1, format!("GC job {job} failed: {reason}")));
+            }
+        }
+        GcCmd::Status { limit } => {
+            let status = client.gc_status(limit).await?;
+            if json {
+                let running = status.running.as_ref().map(|p| {
+                    json!({"job": p.job.to_string(), "phase": p.phase, "agreed": p.agreed,
+                           "purged": p.purged})
+                });
+                let jobs: Vec<Value> = status.jobs.iter().map(job_json).collect();
+                outln!("{}", json!({"running": running, "jobs": jobs}));
+            } else {
+                match &status.running {
+                    Some(p) => outln!(
+                        "running: job {} in {}, agreed {}, purged {}",
+                        p.job,
+                        p.phase,
+                        p.agreed,
+                        p.purged
+                    ),
+                    None => outln!("no job running"),
+                }
+                if status.jobs.is_empty() {
+                    outln!("no job has run yet");
+                }
+                for r in &status.jobs {
+                    print_job(r);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `cluster status`, `members`, `add-node`, `remove-node`.
+async fn cluster_command(client: &Client, json: bool, cmd: ClusterCmd) -> Result<(), Fail> {
+    match cmd {
+        ClusterCmd::Status => {
+            let cs = client.cluster_status().await?;
+            if json {
+                let nodes: Vec<Value> = cs
+                    .nodes
+                    .iter()
+                    .map(|n| match &n.status {
+                        Ok(s) => json!({"id": s.id, "addr": s.addr, "role": role(s.role), "applied": s.applied, "committed": s.committed, "file_bytes": s.state_file_bytes + s.log_file_bytes}),
+                        Err(e) => json!({"id": n.member.id, "addr": n.member.addr, "role": "unreachable", "error": e}),
+                    })
+                    .collect();
+                outln!(
+                    "{}",
+                    json!({"leader": cs.leader, "term": cs.term, "nodes": nodes})
+                );
+            } else {
+                outln!(
+                    "leader {}  term {}",
+                    cs.leader.map_or("none".into(), |l| l.to_string()),
+                    cs.term
+                );
+                for n in &cs.nodes {
+                    match &n.status {
+                        Ok(s) => outln!("{}", status_line(s)),
+                        Err(e) => outln!(
+                            "{:>4}  {:<21}  unreachable: {e}",
+                            n.member.id,
+                            n.member.addr
+                        ),
                     }
                 }
             }
+        }
+        ClusterCmd::Members => {
+            let s = client.status().await?;
+            if json {
+                let members: Vec<Value> = s
+                    .members
+                    .iter()
+                    .map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter}))
+                    .collect();
+                outln!("{}", json!({"members": members}));
+            } else {
+                for m in &s.members {
+                    outln!(
+                        "{:>4}  {:<21}  {}",
+                        m.id,
+                        m.addr,
+                        if m.voter { "voter" } else { "learner" }
+                    );
+                }
+            }
+        }
+        ClusterCmd::AddNode { id, addr } => {
+            client.add_node(id, &addr).await?;
+            if json {
+                outln!("{}", json!({"added": id}))
+            } else {
+                outln!("node {id} at {addr} is a voter")
+            }
+        }
+        ClusterCmd::RemoveNode { id } => {
+            client.remove_node(id).await?;
+            if json {
+                outln!("{}", json!({"removed": id}))
+            } else {
+                outln!("node {id} removed")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bucket create`, `drop`, `list`, `status`, `pause`, `resume`.
+async fn bucket_command(client: &Client, json: bool, cmd: BucketCmd) -> Result<(), Fail> {
+    match cmd {
+        BucketCmd::Create { name } => {
+            client.create_bucket(&name).await?;
+            if json {
+                outln!("{}", json!({"bucket": name}))
+            } else {
+                outln!("bucket {name} created")
+            }
+        }
+        BucketCmd::Drop { name } => {
+            client.drop_bucket(&name).await?;
+            if json {
+                outln!("{}", json!({"bucket": name, "dropped": true}))
+            } else {
+                outln!("bucket {name} dropped")
+            }
+        }
+        BucketCmd::List => {
+            for (name, info) in client.buckets().await? {
+                if name == metakv::store::SYS_BUCKET {
+                    continue;
+                }
+                if json {
+                    outln!(
+                        "{}",
+                        json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones})
+                    );
+                } else {
+                    outln!(
+                        "{name:<32} {:<9} {:>10} records {:>10} tombstones",
+                        info.state.as_str(),
+                        info.records,
+                        info.tombstones
+                    );
+                }
+            }
+        }
+        BucketCmd::Status { name } => {
+            let info = client.bucket(&name).await?;
+            let h = client.hibernation(&name).await?;
+            if json {
+                outln!(
+                    "{}",
+                    json!({"bucket": name, "state": info.state.as_str(), "records": info.records, "tombstones": info.tombstones, "purge_floor": info.purge_floor, "hibernation": hibernation_json(&h)})
+                );
+            } else {
+                outln!(
+                    "{name}: {}, {} records, {} tombstones, purge floor {}",
+                    info.state.as_str(),
+                    info.records,
+                    info.tombstones,
+                    info.purge_floor
+                );
+                if let Some(line) = hibernation_line(&h) {
+                    outln!("{line}");
+                }
+                if let Some(p) = &h.running {
+                    outln!("running: {}", progress_line(&name, p));
+                }
+            }
+        }
+        BucketCmd::Pause {
+            name,
+            archive,
+            no_wait,
+        } => {
+            let op = client.start_pause(&name, &archive).await?;
+            hibernation_finish(client, &name, op, "paused", no_wait, json).await?;
+        }
+        BucketCmd::Resume {
+            name,
+            archive,
+            no_wait,
+        } => {
+            let op = client.start_resume(&name, archive.as_deref()).await?;
+            hibernation_finish(client, &name, op, "resumed", no_wait, json).await?;
         }
     }
     Ok(())

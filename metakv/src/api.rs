@@ -7,10 +7,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::BackupInfo;
 use crate::error::{Error, Result};
-use crate::gc::GcStatus;
-use crate::hibernate::HibernationStatus;
 use metakv_gc::hibernate::{OpId, Phase};
 use metakv_gc::{JobId, JobRecord};
 
@@ -712,4 +709,58 @@ impl<K: Kv> Watch<'_, K> {
     pub fn cursor(&self) -> u64 {
         self.after_rev
     }
+}
+
+// What the drivers report: GC, hibernation, backups.
+
+/// What `gc status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcStatus {
+    /// The job the leader runs now, if any.
+    pub running: Option<metakv_gc::Progress>,
+    /// The last jobs' records, newest first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// A running operation's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpProgress {
+    pub op: OpId,
+    pub kind: metakv_gc::hibernate::OpKind,
+    /// What it is doing: "exporting", "verifying", "dropping", "restoring", "finishing".
+    pub step: String,
+    pub records: u64,
+    pub bytes: u64,
+    /// What the whole operation moves, once known (a resume knows it from the manifest).
+    pub records_total: Option<u64>,
+    pub bytes_total: Option<u64>,
+}
+
+/// What `bucket status` shows of a bucket's hibernation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HibernationStatus {
+    pub bucket: String,
+    pub state: metakv_store::BucketState,
+    /// The bucket's last pause or resume.
+    pub record: Option<metakv_gc::hibernate::HibernationRecord>,
+    /// The operation the leader runs on it now.
+    pub running: Option<OpProgress>,
+}
+
+/// A backup a node has taken and holds for the client to pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// The node holding it.
+    pub node: u64,
+    pub id: u64,
+    /// Size and crc32 of the whole file.
+    pub bytes: u64,
+    pub crc32: u32,
+    /// The store's last revision in it.
+    pub rev: u64,
+    /// The Raft log index it was taken at.
+    pub applied: u64,
+    pub buckets: u64,
+    /// Records and tombstones.
+    pub records: u64,
 }

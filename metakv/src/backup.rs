@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use metakv_raft::StateMachine;
 use metakv_store::Scope;
 use metakv_store::archive::ArchiveReader;
-use serde::{Deserialize, Serialize};
 
+use crate::api::BackupInfo;
 use crate::api::{ClientReply, ClientRequest, Kv};
 use crate::error::{Error, Result};
 use crate::node::{Node, now_ms};
@@ -44,24 +44,6 @@ pub const CHUNK_BYTES: u64 = 1 << 20;
 pub const OPEN_MAX: usize = 4;
 /// A backup not read for this long is removed.
 pub const IDLE: Duration = Duration::from_secs(600);
-
-/// A backup a node has taken and holds for the client to pull.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupInfo {
-    /// The node holding it.
-    pub node: u64,
-    pub id: u64,
-    /// Size and crc32 of the whole file.
-    pub bytes: u64,
-    pub crc32: u32,
-    /// The store's last revision in it.
-    pub rev: u64,
-    /// The Raft log index it was taken at.
-    pub applied: u64,
-    pub buckets: u64,
-    /// Records and tombstones.
-    pub records: u64,
-}
 
 /// The backups a node holds.
 #[derive(Debug)]

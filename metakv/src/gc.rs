@@ -16,7 +16,6 @@ use metakv_gc::{
 };
 use metakv_store::{Expect, Op, SYS_BUCKET, Scan, TombstoneQuery};
 use openraft::async_runtime::WatchReceiver;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
@@ -24,15 +23,6 @@ use crate::node::{DRIVER_TICK, Inner, Node, lock, now_ms};
 
 /// Job records the janitor of a new leader looks at.
 const JANITOR_RECORDS: usize = 100;
-
-/// What `gc status` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GcStatus {
-    /// The job the leader runs now, if any.
-    pub running: Option<Progress>,
-    /// The last jobs' records, newest first.
-    pub jobs: Vec<JobRecord>,
-}
 
 /// A request to the driver.
 #[derive(Debug)]

@@ -26,9 +26,9 @@ use metakv_store::{
 };
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::api::{HibernationStatus, OpProgress};
 use crate::error::{Error, Result};
 use crate::node::{DRIVER_TICK, Inner, Node, lock, next_tick, now_ms};
 
@@ -147,31 +147,6 @@ impl Default for HibernationConfig {
             archives: Arc::new(UriArchives),
         }
     }
-}
-
-/// A running operation's progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpProgress {
-    pub op: OpId,
-    pub kind: OpKind,
-    /// What it is doing: "exporting", "verifying", "dropping", "restoring", "finishing".
-    pub step: String,
-    pub records: u64,
-    pub bytes: u64,
-    /// What the whole operation moves, once known (a resume knows it from the manifest).
-    pub records_total: Option<u64>,
-    pub bytes_total: Option<u64>,
-}
-
-/// What `bucket status` shows of a bucket's hibernation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HibernationStatus {
-    pub bucket: String,
-    pub state: BucketState,
-    /// The bucket's last pause or resume.
-    pub record: Option<HibernationRecord>,
-    /// The operation the leader runs on it now.
-    pub running: Option<OpProgress>,
 }
 
 #[derive(Debug)]

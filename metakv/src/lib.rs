@@ -15,16 +15,16 @@ mod hibernate;
 mod node;
 mod pool;
 mod snapshots;
+mod sync;
 
 pub use api::{
-    ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Kv, Member, MemberReport,
-    NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage, Watch, WatchEvent,
+    BackupInfo, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, GcStatus,
+    HibernationStatus, Kv, Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, OpProgress,
+    Role, ScanPage, Watch, WatchEvent,
 };
-pub use backup::BackupInfo;
 pub use client::Client;
 pub use error::{Error, Result};
-pub use gc::GcStatus;
-pub use hibernate::{Archives, HibernationConfig, HibernationStatus, OpProgress, UriArchives};
+pub use hibernate::{Archives, HibernationConfig, UriArchives};
 pub use metakv_gc::hibernate::{HibernationRecord, Manifest, OpId, OpKind, Phase};
 pub use metakv_gc::{self as gc_engine, GcConfig, JobId, JobRecord, Outcome as GcOutcome};
 pub use metakv_raft::{Rejection, RejectionKind};

@@ -22,13 +22,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    CLIENT_SERVICE, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Kv,
-    Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage, applied,
+    CLIENT_SERVICE, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, GcStatus,
+    Kv, Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage, applied,
 };
 use crate::error::{Error, Result};
-use crate::gc::{GcState, GcStatus};
+use crate::gc::GcState;
 use crate::hibernate::{HibernationConfig, HibernationState};
 use crate::pool::{Pool, unavailable};
+pub(crate) use crate::sync::lock;
 use metakv_gc::GcConfig;
 
 /// How a node runs. [`NodeConfig::new`] gives the defaults.
@@ -290,12 +291,6 @@ async fn stop_on_failure(node: Weak<Inner>, raft: Raft, mut stop: watch::Receive
 /// How often the GC and hibernation drivers look at leadership, membership, leases and
 /// triggers.
 pub(crate) const DRIVER_TICK: Duration = Duration::from_millis(250);
-
-/// A mutex's guard, also after a panic elsewhere poisoned it: the drivers' state stays usable
-/// (each update is whole under the lock).
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

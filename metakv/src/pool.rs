@@ -9,7 +9,7 @@ use metakv_raft::wire::{Reply, Request};
 
 use crate::api::{CLIENT_SERVICE, ClientReply, ClientRequest};
 use crate::error::{Error, Result};
-use crate::node::lock;
+use crate::sync::lock;
 
 /// Idle connections kept per address.
 const IDLE_PER_ADDR_MAX: usize = 8;

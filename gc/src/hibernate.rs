@@ -383,6 +383,34 @@ pub const INTERRUPTED: &str =
     "interrupted: the operation stopped running (leader change or crash) and was rolled back";
 
 /// The janitor's decisions for the buckets it sees, in bucket order.
+/// How to roll back `bucket`'s running operation `record` (at revision `rev`) that failed with
+/// `error`: a pause deletes its objects and leaves the bucket `Active`; a resume drops what it
+/// restored and leaves it `Paused`. The one rollback decision, for an operation that failed
+/// where it ran and for one the janitor finds interrupted.
+pub fn rollback(
+    bucket: &str,
+    record: &HibernationRecord,
+    rev: u64,
+    error: &str,
+    now_ms: u64,
+) -> Repair {
+    let back = record.rolled_back(error, now_ms);
+    match record.kind {
+        OpKind::Pause => Repair::RollBackPause {
+            bucket: bucket.to_owned(),
+            archive: record.archive.clone(),
+            objects: record.objects.clone(),
+            record: back,
+            expect: rev,
+        },
+        OpKind::Resume => Repair::RollBackResume {
+            bucket: bucket.to_owned(),
+            record: back,
+            expect: rev,
+        },
+    }
+}
+
 pub fn janitor(seen: &[Seen], now_ms: u64) -> Vec<Repair> {
     let mut out = Vec::new();
     for s in seen {
@@ -411,18 +439,10 @@ pub fn janitor(seen: &[Seen], now_ms: u64) -> Vec<Repair> {
                     r.phase.as_str()
                 ),
             }),
-            (BucketState::Pausing, Some((r, rev))) => out.push(Repair::RollBackPause {
-                bucket,
-                archive: r.archive.clone(),
-                objects: r.objects.clone(),
-                record: r.rolled_back(INTERRUPTED, now_ms),
-                expect: *rev,
-            }),
-            (BucketState::Resuming, Some((r, rev))) => out.push(Repair::RollBackResume {
-                bucket,
-                record: r.rolled_back(INTERRUPTED, now_ms),
-                expect: *rev,
-            }),
+            // `fits` holds: the record is the running pause or resume the state implies.
+            (BucketState::Pausing | BucketState::Resuming, Some((r, rev))) => {
+                out.push(rollback(&bucket, r, *rev, INTERRUPTED, now_ms))
+            }
             (BucketState::Paused, Some((r, rev))) if r.manifest.is_some() => {
                 out.push(Repair::CheckArchive {
                     bucket,
@@ -644,5 +664,42 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_failed_operation_is_rolled_back_as_the_janitor_would() {
+        let pausing = HibernationRecord::pause(OpId { term: 2, seq: 1 }, "a", "file:///x", 1);
+        let resuming = pausing
+            .done(Some(manifest()), 2)
+            .resume(OpId { term: 2, seq: 2 }, None, 3);
+        assert_eq!(
+            rollback("a", &pausing, 7, "disk full", 50),
+            Repair::RollBackPause {
+                bucket: "a".into(),
+                archive: "file:///x".into(),
+                objects: "a/2-1".into(),
+                record: pausing.rolled_back("disk full", 50),
+                expect: 7,
+            }
+        );
+        assert_eq!(
+            rollback("a", &resuming, 8, "crc", 60),
+            Repair::RollBackResume {
+                bucket: "a".into(),
+                record: resuming.rolled_back("crc", 60),
+                expect: 8,
+            }
+        );
+        // The janitor's repair of an interrupted one is the same, with its own reason.
+        let seen = Seen {
+            bucket: "a".into(),
+            state: BucketState::Resuming,
+            record: Some((resuming.clone(), 8)),
+            running: false,
+        };
+        assert_eq!(
+            janitor(&[seen], 60),
+            vec![rollback("a", &resuming, 8, INTERRUPTED, 60)]
+        );
     }
 }

@@ -514,7 +514,7 @@ impl Node {
             let outcome = node
                 .pause_steps(&b, &store, &base, &started, rev, &progress)
                 .await;
-            node.end_op(&b, &started, rev, outcome, &store, &base).await;
+            node.end_op(&b, &started, rev, outcome).await;
         });
         Ok(op)
     }
@@ -751,7 +751,7 @@ impl Node {
             let outcome = node
                 .resume_steps(&b, &store, archive_path, &started, rev, manifest, &progress)
                 .await;
-            node.end_op(&b, &started, rev, outcome, &store, &base).await;
+            node.end_op(&b, &started, rev, outcome).await;
         });
         Ok(op)
     }
@@ -826,8 +826,6 @@ impl Node {
         record: &HibernationRecord,
         rev: u64,
         outcome: Result<()>,
-        store: &Arc<dyn ObjectStore>,
-        base: &ObjectPath,
     ) {
         let op = record.op;
         let error = match outcome {
@@ -838,22 +836,16 @@ impl Node {
             Err(e) => e.to_string(),
         };
         tracing::warn!(%bucket, %op, kind = record.kind.as_str(), %error, "failed; rolling back");
-        let back = record.rolled_back(&error, now_ms());
-        let rolled = match record.kind {
-            OpKind::Pause => {
-                delete_objects(store, base, &record.objects).await;
-                self.step(bucket, BucketState::Active, false, &back, Expect::Rev(rev))
-                    .await
-            }
-            OpKind::Resume => {
-                self.step(bucket, BucketState::Paused, true, &back, Expect::Rev(rev))
-                    .await
-            }
-        };
-        if let Err(e) = rolled {
-            // The janitor of this or the next leader finishes the rollback.
-            tracing::warn!(%bucket, %op, error = %e, "rollback not recorded; the janitor will retry it");
-        }
+        // The same repair the janitor makes of an interrupted operation; if it does not land,
+        // the janitor of this or the next leader finds the operation still running and retries.
+        self.repair(metakv_gc::hibernate::rollback(
+            bucket,
+            record,
+            rev,
+            &error,
+            now_ms(),
+        ))
+        .await;
     }
 
     /// What `bucket status` shows, from the leader.
@@ -947,7 +939,7 @@ impl Node {
                         Expect::Rev(expect),
                     )
                     .await;
-                tracing::warn!(%bucket, op = %record.op, outcome = ?done.map(|_| ()), "janitor rolled back an interrupted pause");
+                tracing::warn!(%bucket, op = %record.op, reason = record.error.as_deref().unwrap_or(""), outcome = ?done.map(|_| ()), "pause rolled back");
             }
             Repair::RollBackResume {
                 bucket,
@@ -963,7 +955,7 @@ impl Node {
                         Expect::Rev(expect),
                     )
                     .await;
-                tracing::warn!(%bucket, op = %record.op, outcome = ?done.map(|_| ()), "janitor rolled back an interrupted resume");
+                tracing::warn!(%bucket, op = %record.op, reason = record.error.as_deref().unwrap_or(""), outcome = ?done.map(|_| ()), "resume rolled back");
             }
             Repair::CheckArchive {
                 bucket,

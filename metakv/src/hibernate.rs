@@ -48,12 +48,41 @@ pub trait Archives: Send + Sync + std::fmt::Debug + 'static {
         &self,
         uri: &str,
         create: bool,
-    ) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String>;
+    ) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), ArchiveError>;
 
     /// Makes the objects at `paths` (as `open` gave them) durable before a pause drops the
     /// data they hold. A store whose writes are durable when they complete (S3) has nothing
     /// to do.
-    fn make_durable(&self, uri: &str, paths: &[ObjectPath]) -> std::result::Result<(), String>;
+    fn make_durable(
+        &self,
+        uri: &str,
+        paths: &[ObjectPath],
+    ) -> std::result::Result<(), ArchiveError>;
+}
+
+/// Why an archive location could not be opened or made durable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    #[error("archive location {uri:?}: only file:// (or a plain path) and s3:// are supported")]
+    Unsupported { uri: String },
+    #[error("s3:// archives need metakv built with the `s3` feature")]
+    S3NotBuilt,
+    #[error("cannot create archive directory {}: {source}", dir.display())]
+    CreateDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("archive {location} unreachable: {source}")]
+    Unreachable {
+        location: String,
+        source: object_store::Error,
+    },
+    #[error("syncing {}: {source}", path.display())]
+    Sync {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The local directory a `file://` or plain-path location names; `None` for other schemes.
@@ -75,27 +104,37 @@ impl Archives for UriArchives {
         &self,
         uri: &str,
         create: bool,
-    ) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+    ) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), ArchiveError> {
         if let Some(rest) = uri.strip_prefix("s3://") {
             return open_s3(rest);
         }
         let Some(dir) = local_dir(uri) else {
-            return Err(format!(
-                "archive location {uri:?}: only file:// (or a plain path) and s3:// are supported"
-            ));
+            return Err(ArchiveError::Unsupported {
+                uri: uri.to_owned(),
+            });
         };
         if create {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("cannot create archive directory {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|source| ArchiveError::CreateDir {
+                dir: dir.clone(),
+                source,
+            })?;
         }
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|e| format!("archive directory {} unreachable: {e}", dir.display()))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|source| {
+            ArchiveError::Unreachable {
+                location: format!("directory {}", dir.display()),
+                source,
+            }
+        })?;
         Ok((Arc::new(fs), ObjectPath::default()))
     }
 
     /// A local file and its directory are fsynced (the local store renames a finished object
     /// into place but does not sync it).
-    fn make_durable(&self, uri: &str, paths: &[ObjectPath]) -> std::result::Result<(), String> {
+    fn make_durable(
+        &self,
+        uri: &str,
+        paths: &[ObjectPath],
+    ) -> std::result::Result<(), ArchiveError> {
         let Some(dir) = local_dir(uri) else {
             return Ok(());
         };
@@ -104,7 +143,10 @@ impl Archives for UriArchives {
             let sync = |p: &std::path::Path| {
                 std::fs::File::open(p)
                     .and_then(|f| f.sync_all())
-                    .map_err(|e| format!("syncing {}: {e}", p.display()))
+                    .map_err(|source| ArchiveError::Sync {
+                        path: p.to_owned(),
+                        source,
+                    })
             };
             sync(&file)?;
             if let Some(parent) = file.parent() {
@@ -116,18 +158,21 @@ impl Archives for UriArchives {
 }
 
 #[cfg(feature = "s3")]
-fn open_s3(rest: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+fn open_s3(rest: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), ArchiveError> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let s3 = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .build()
-        .map_err(|e| format!("S3 bucket {bucket:?}: {e}"))?;
+        .map_err(|source| ArchiveError::Unreachable {
+            location: format!("S3 bucket {bucket:?}"),
+            source,
+        })?;
     Ok((Arc::new(s3), ObjectPath::from(prefix)))
 }
 
 #[cfg(not(feature = "s3"))]
-fn open_s3(_: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
-    Err("s3:// archives need metakv built with the `s3` feature".to_owned())
+fn open_s3(_: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), ArchiveError> {
+    Err(ArchiveError::S3NotBuilt)
 }
 
 /// Hibernation settings; [`HibernationConfig::default`] gives the documented defaults.
@@ -963,7 +1008,7 @@ impl Node {
                 expect,
             } => {
                 let missing = match archives.open(&record.archive, false) {
-                    Err(e) => Some(e),
+                    Err(e) => Some(e.to_string()),
                     Ok((store, base)) => {
                         let (_, archive_path, manifest_path) = objects(&base, &record.objects);
                         let mut missing = None;

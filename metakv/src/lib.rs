@@ -24,7 +24,7 @@ pub use api::{
 };
 pub use client::Client;
 pub use error::{Error, Result};
-pub use hibernate::{Archives, HibernationConfig, UriArchives};
+pub use hibernate::{ArchiveError, Archives, HibernationConfig, UriArchives};
 pub use metakv_gc::hibernate::{HibernationRecord, Manifest, OpId, OpKind, Phase};
 pub use metakv_gc::{self as gc_engine, GcConfig, JobId, JobRecord, Outcome as GcOutcome};
 pub use metakv_raft::{Rejection, RejectionKind};

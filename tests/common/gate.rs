@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use metakv::{Archives, UriArchives};
+use metakv::{ArchiveError, Archives, UriArchives};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
@@ -89,7 +89,7 @@ impl Archives for GatedArchives {
         &self,
         uri: &str,
         create: bool,
-    ) -> std::result::Result<(Arc<dyn ObjectStore>, Path), String> {
+    ) -> std::result::Result<(Arc<dyn ObjectStore>, Path), ArchiveError> {
         let (inner, base) = UriArchives.open(uri, create)?;
         Ok((
             Arc::new(Gated {
@@ -100,7 +100,7 @@ impl Archives for GatedArchives {
         ))
     }
 
-    fn make_durable(&self, uri: &str, paths: &[Path]) -> std::result::Result<(), String> {
+    fn make_durable(&self, uri: &str, paths: &[Path]) -> std::result::Result<(), ArchiveError> {
         UriArchives.make_durable(uri, paths)
     }
 }

@@ -32,6 +32,22 @@ use crate::pool::{Pool, unavailable};
 pub(crate) use crate::sync::lock;
 use metakv_gc::GcConfig;
 
+/// A node setting out of its range; nothing has been created or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The setting, as the config file names it (`raft` for the timings taken together).
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &'static str, message: String) -> ConfigError {
+        ConfigError { key, message }
+    }
+}
+
 /// How a node runs. [`NodeConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -91,26 +107,35 @@ impl NodeConfig {
 impl NodeConfig {
     /// Checks every setting; the error names the setting (as the config file spells it) and
     /// what is wrong with it. [`Node::start`] runs this before it touches the data dir.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let at_least = |key: &str, v: u64, min: u64| {
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        let at_least = |key: &'static str, v: u64, min: u64| {
             if v < min {
-                return Err(format!("{key} is {v}; it must be at least {min}"));
+                return Err(ConfigError::new(
+                    key,
+                    format!("{key} is {v}; it must be at least {min}"),
+                ));
             }
             Ok(())
         };
         at_least("id", self.id, 1)?;
         if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
-            return Err(format!(
-                "cluster_id {:?} must have 1 to 64 characters",
-                self.cluster_id
+            return Err(ConfigError::new(
+                "cluster_id",
+                format!(
+                    "cluster_id {:?} must have 1 to 64 characters",
+                    self.cluster_id
+                ),
             ));
         }
         if self.value_bytes_max == 0 || self.value_bytes_max > metakv_store::VALUE_BYTES_MAX_CEILING
         {
-            return Err(format!(
-                "limits.value_bytes_max is {}; it must be from 1 to {}",
-                self.value_bytes_max,
-                metakv_store::VALUE_BYTES_MAX_CEILING
+            return Err(ConfigError::new(
+                "limits.value_bytes_max",
+                format!(
+                    "limits.value_bytes_max is {}; it must be from 1 to {}",
+                    self.value_bytes_max,
+                    metakv_store::VALUE_BYTES_MAX_CEILING
+                ),
             ));
         }
         at_least("limits.cache_bytes", self.cache_bytes as u64, 1 << 20)?;
@@ -123,9 +148,12 @@ impl NodeConfig {
         if self.election_timeout_min_ms >= self.election_timeout_max_ms
             || self.heartbeat_ms >= self.election_timeout_min_ms
         {
-            return Err(format!(
-                "raft timings need heartbeat ({} ms) < election_timeout_min ({} ms) < election_timeout_max ({} ms)",
-                self.heartbeat_ms, self.election_timeout_min_ms, self.election_timeout_max_ms
+            return Err(ConfigError::new(
+                "raft",
+                format!(
+                    "raft timings need heartbeat ({} ms) < election_timeout_min ({} ms) < election_timeout_max ({} ms)",
+                    self.heartbeat_ms, self.election_timeout_min_ms, self.election_timeout_max_ms
+                ),
             ));
         }
         at_least(

@@ -1,0 +1,146 @@
+//! [`NodeConfig`]: a node's settings, checked before anything is created.
+
+use super::*;
+
+/// A node setting out of its range; nothing has been created or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The setting, as the config file names it (`raft` for the timings taken together).
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(super) fn new(key: &'static str, message: String) -> ConfigError {
+        ConfigError { key, message }
+    }
+}
+
+/// How a node runs. [`NodeConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Holds `state.redb`, `raft-log.redb` and `snapshots/`. Created if missing.
+    pub data_dir: PathBuf,
+    /// Where to listen; port 0 picks a free port.
+    pub listen: String,
+    /// What other nodes dial; the bound listen address when `None`.
+    pub advertise: Option<String>,
+    /// Nodes and clients of another cluster id are refused at the handshake.
+    pub cluster_id: String,
+    /// A member of the cluster to join; `None` starts (or restarts) on the node's own files, and
+    /// a node with no files then initializes a single-node cluster.
+    pub join: Option<String>,
+    pub value_bytes_max: usize,
+    pub cache_bytes: usize,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is taken after this many log entries since the last one, each member at its
+    /// own phase so that they do not all build at once...
+    pub snapshot_logs_since_last: u64,
+    /// ...and this many entries before it are kept in the log for slow followers.
+    pub logs_kept_after_snapshot: u64,
+    /// How long a client request waits for a leader or a forwarded answer.
+    pub request_timeout: Duration,
+    /// Tombstone GC: triggers, minimum age, leases, batch sizes.
+    pub gc: GcConfig,
+    /// Hibernation: the janitor's interval and where archive locations lead.
+    pub hibernation: HibernationConfig,
+}
+
+impl NodeConfig {
+    pub fn new(id: u64, data_dir: impl Into<PathBuf>, listen: impl Into<String>) -> NodeConfig {
+        NodeConfig {
+            id,
+            data_dir: data_dir.into(),
+            listen: listen.into(),
+            advertise: None,
+            cluster_id: "metakv".into(),
+            join: None,
+            value_bytes_max: metakv_store::VALUE_BYTES_MAX_DEFAULT,
+            cache_bytes: metakv_store::CACHE_BYTES_DEFAULT,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_logs_since_last: 20_000,
+            logs_kept_after_snapshot: 5_000,
+            request_timeout: Duration::from_secs(10),
+            gc: GcConfig::default(),
+            hibernation: HibernationConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks every setting; the error names the setting (as the config file spells it) and
+    /// what is wrong with it. [`Node::start`] runs this before it touches the data dir.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        let at_least = |key: &'static str, v: u64, min: u64| {
+            if v < min {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{key} is {v}; it must be at least {min}"),
+                ));
+            }
+            Ok(())
+        };
+        at_least("id", self.id, 1)?;
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
+            return Err(ConfigError::new(
+                "cluster_id",
+                format!(
+                    "cluster_id {:?} must have 1 to 64 characters",
+                    self.cluster_id
+                ),
+            ));
+        }
+        if self.value_bytes_max == 0 || self.value_bytes_max > metakv_store::VALUE_BYTES_MAX_CEILING
+        {
+            return Err(ConfigError::new(
+                "limits.value_bytes_max",
+                format!(
+                    "limits.value_bytes_max is {}; it must be from 1 to {}",
+                    self.value_bytes_max,
+                    metakv_store::VALUE_BYTES_MAX_CEILING
+                ),
+            ));
+        }
+        at_least("limits.cache_bytes", self.cache_bytes as u64, 1 << 20)?;
+        at_least(
+            "limits.request_timeout (ms)",
+            self.request_timeout.as_millis() as u64,
+            1,
+        )?;
+        at_least("raft.heartbeat (ms)", self.heartbeat_ms, 1)?;
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms
+            || self.heartbeat_ms >= self.election_timeout_min_ms
+        {
+            return Err(ConfigError::new(
+                "raft",
+                format!(
+                    "raft timings need heartbeat ({} ms) < election_timeout_min ({} ms) < election_timeout_max ({} ms)",
+                    self.heartbeat_ms, self.election_timeout_min_ms, self.election_timeout_max_ms
+                ),
+            ));
+        }
+        at_least(
+            "raft.snapshot_logs_since_last",
+            self.snapshot_logs_since_last,
+            1,
+        )?;
+        for (key, v) in [
+            ("gc.page_size", u64::from(self.gc.page_size)),
+            ("gc.purge_batch", u64::from(self.gc.purge_batch)),
+            ("gc.purges_in_flight", u64::from(self.gc.purges_in_flight)),
+            ("gc.lease (ms)", self.gc.lease_ms),
+            ("gc.call_timeout (ms)", self.gc.call_timeout_ms),
+            ("gc.compact_timeout (ms)", self.gc.compact_timeout_ms),
+        ] {
+            at_least(key, v, 1)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,496 @@
+//! [`Node`]: one metakv node inside an application.
+//!
+//! - `config`: [`NodeConfig`] and its checks;
+//! - this file: the node's parts, start (restart, a new cluster, or a join) and shutdown;
+//! - `core`: what every driver uses: proposals, leadership, local and exclusive access to the
+//!   store, the read index;
+//! - `route`: client requests, answered here or through the leader;
+//! - `status`: what this node and the cluster report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use metakv_raft::candidacy::{Candidacy, LeaderContact, stand_promptly};
+use metakv_raft::network::Network;
+use metakv_raft::restore;
+use metakv_raft::server::{ServerConfig, Services, serve};
+use metakv_raft::{
+    Command, LogClosed, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine,
+};
+use metakv_store::{Changes, Op, SYS_BUCKET, Scan, Store};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{
+    CLIENT_SERVICE, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, GcStatus,
+    Kv, Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage, applied,
+};
+use crate::error::{Error, Result};
+use crate::gc::GcState;
+use crate::hibernate::{HibernationConfig, HibernationState};
+use crate::pool::{Pool, unavailable};
+pub(crate) use crate::sync::lock;
+use metakv_gc::GcConfig;
+
+mod config;
+mod core;
+mod route;
+mod status;
+
+pub use config::{ConfigError, NodeConfig};
+pub(crate) use core::{DRIVER_TICK, blocking_err, next_tick, now_ms};
+pub use route::WATCH_WAIT_MS_MAX;
+use route::{Redirect, redirect};
+
+/// A running node. Cloning shares it; [`Node::shutdown`] stops it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    addr: String,
+    /// The address the listener is bound to (differs from `addr` behind an `advertise`).
+    listen_addr: String,
+    pub(crate) config: NodeConfig,
+    raft: Raft,
+    pub(crate) store: SharedStore,
+    log_stats: Arc<LogStats>,
+    log_closed: LogClosed,
+    pub(crate) pool: Pool,
+    pub(crate) gc: GcState,
+    pub(crate) hibernation: HibernationState,
+    pub(crate) backups: crate::backup::Backups,
+    stop: watch::Sender<bool>,
+    /// Why the node stopped by itself (a storage failure), once it has.
+    failure: watch::Sender<Option<String>>,
+    server: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The transport's view of the node: its client service.
+pub(super) struct NodeServices(Weak<Inner>);
+
+impl Services for NodeServices {
+    fn call(
+        &self,
+        from: Option<u64>,
+        service: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, std::result::Result<Vec<u8>, String>> {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let node = Node {
+                inner: inner.upgrade().ok_or("the node is shutting down")?,
+            };
+            if service == metakv_gc::SERVICE {
+                let request: metakv_gc::AgentRequest = postcard::from_bytes(&payload)
+                    .map_err(|e| format!("undecodable GC request: {e}"))?;
+                let reply = node.agent_call(request).await;
+                return Ok(postcard::to_stdvec(&reply).expect("GC replies encode"));
+            }
+            if service != CLIENT_SERVICE {
+                return Err(format!("no service {service:?} on this node"));
+            }
+            let request: ClientRequest = postcard::from_bytes(&payload)
+                .map_err(|e| format!("undecodable client request: {e}"))?;
+            let reply = match node.handle(request, from).await {
+                Ok(reply) => reply,
+                Err(e) => ClientReply::Error(e),
+            };
+            Ok(postcard::to_stdvec(&reply).expect("client replies encode"))
+        })
+    }
+}
+
+/// Pending connections the listener queues before the kernel drops SYNs (capped by
+/// `net.core.somaxconn`). The standard library's 128 overflowed when 256 clients dialed at once,
+/// and each dropped SYN cost a client a 1 s retransmit (`ListenOverflows` in `nstat`).
+pub(super) const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `addr` with a backlog of [`LISTEN_BACKLOG`].
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
+/// Stops the node when Raft stops by itself: a failed write or fsync of either file (a full
+/// disk, an I/O error) is fatal for that file, and is never retried. The node says so once,
+/// stops serving (so peers and clients are not answered from a state that can no longer
+/// move), and [`Node::failed`] returns. Every entry it acknowledged is durable in the log, so
+/// restarting it on its files, once the cause is gone, loses nothing.
+async fn stop_on_failure(node: Weak<Inner>, raft: Raft, mut stop: watch::Receiver<bool>) {
+    let mut metrics = raft.metrics();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            changed = metrics.changed() => if changed.is_err() { break },
+        }
+    }
+    if *stop.borrow() {
+        return;
+    }
+    let why = match raft.is_initialized().await {
+        Err(fatal) => fatal.to_string(),
+        Ok(_) => "raft stopped".to_owned(),
+    };
+    let Some(inner) = node.upgrade() else {
+        return;
+    };
+    tracing::error!(
+        id = inner.id,
+        error = %why,
+        "node stopped after a storage failure; nothing it acknowledged is lost: remove the \
+         cause (free disk space) and restart it on its files"
+    );
+    let _ = inner.failure.send(Some(why));
+    let _ = inner.stop.send(true);
+}
+
+impl Node {
+    /// Opens the node's files, starts Raft and the listener, and then: restarts on its files,
+    /// or initializes a single-node cluster (new node, no `join`), or joins `join`.
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        config
+            .validate()
+            .map_err(|e| Error::invalid(format!("configuration: {e}")))?;
+        let io = |doing: &str, e: &dyn std::fmt::Display| Error::Storage(format!("{doing}: {e}"));
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| io("creating the data dir", &e))?;
+        if config.data_dir.join(restore::PARTIAL).exists() {
+            return Err(Error::Storage(format!(
+                "{} holds an unfinished restore ({}): remove the dir and restore again",
+                config.data_dir.display(),
+                restore::PARTIAL
+            )));
+        }
+        let store_config = metakv_store::Config {
+            path: config.data_dir.join(restore::STATE_FILE),
+            cache_bytes: config.cache_bytes,
+            // IMPORTANT: apply must not depend on a node's own settings, or nodes configured
+            // differently would apply the same entry differently. Apply checks the compiled
+            // ceiling, which every node shares; `config.value_bytes_max` is checked before a
+            // write is proposed or forwarded (`try_handle`).
+            value_bytes_max: metakv_store::VALUE_BYTES_MAX_CEILING,
+            durable: false,
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+            .await
+            .map_err(blocking_err)?
+            .map_err(Error::from_store)?;
+        let store: SharedStore = Arc::new(RwLock::new(store));
+        let log_path = config.data_dir.join(restore::LOG_FILE);
+        let log = tokio::task::spawn_blocking(move || LogStore::open(&log_path))
+            .await
+            .map_err(blocking_err)?
+            .map_err(|e| io("opening the raft log", &e))?;
+        let sm = StateMachine::new(
+            Arc::clone(&store),
+            config.data_dir.join(restore::SNAPSHOT_DIR),
+        )
+        .map_err(|e| io("opening snapshots", &e))?;
+        let listener = listen(&config.listen)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|e| io("reading the listen address", &e))?
+            .to_string();
+        let addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| listen_addr.clone());
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster_id.clone(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            // `crate::snapshots` triggers them, each member at its own phase.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            // IMPORTANT: a restarted leader stands for election. The state file and the
+            // committed index are written without fsync, so a leader restored without an
+            // election would answer read-index reads from a state behind what it had
+            // acknowledged; the leader of a new term first commits an entry of its own, and
+            // its read index covers everything committed before.
+            enable_leader_restore: Some(false),
+            // A member that could not win (thawed after SIGSTOP, cut off, restarted) asks
+            // before raising its term, and a member that hears from a live leader refuses: a
+            // returning follower does not depose a healthy leader.
+            enable_pre_vote: Some(true),
+            // A leader no quorum has answered for a lease (it can send but not hear) falls
+            // silent for this long, so that members that cannot reach it elect one they can;
+            // otherwise its heartbeats keep them from standing while it commits nothing. The
+            // least openraft allows: the lease (election_timeout_max) plus one election.
+            quorum_loss_probe_interval: Some(2 * config.election_timeout_max_ms),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::invalid(format!("raft configuration: {e}")))?;
+        let network = Network {
+            cluster_id: config.cluster_id.clone(),
+            node_id: config.id,
+            append_timeout_min: Duration::from_millis(config.election_timeout_min_ms),
+        };
+        let log_stats = log.stats();
+        let log_closed = log.closed();
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| io("starting raft", &e))?;
+        let (stop, stopped) = watch::channel(false);
+        let (gc, gc_ctl) = GcState::new(config.gc.clone());
+        let inner = Arc::new(Inner {
+            gc,
+            hibernation: HibernationState::new(config.hibernation.clone()),
+            backups: crate::backup::Backups::new(config.data_dir.join(crate::backup::DIR)),
+            id: config.id,
+            addr: addr.clone(),
+            listen_addr,
+            pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
+            config: config.clone(),
+            raft: raft.clone(),
+            store,
+            log_stats,
+            log_closed,
+            stop,
+            failure: watch::channel(None).0,
+            server: std::sync::Mutex::new(None),
+        });
+        tokio::spawn(stop_on_failure(
+            Arc::downgrade(&inner),
+            raft.clone(),
+            stopped.clone(),
+        ));
+        let leader_contact = Arc::new(LeaderContact::default());
+        tokio::spawn(stand_promptly(
+            raft.clone(),
+            Arc::clone(&leader_contact),
+            Candidacy::from_timings(
+                config.heartbeat_ms,
+                config.election_timeout_min_ms,
+                config.election_timeout_max_ms,
+            ),
+            stopped.clone(),
+        ));
+        let server_config = Arc::new(ServerConfig {
+            cluster_id: config.cluster_id.clone(),
+            node_id: config.id,
+            spool_dir: config.data_dir.join(restore::SNAPSHOT_DIR),
+            leader_contact,
+        });
+        tokio::spawn(crate::gc::drive(
+            Arc::downgrade(&inner),
+            gc_ctl,
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::snapshots::drive(
+            Arc::downgrade(&inner),
+            config.snapshot_logs_since_last.max(1),
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::hibernate::drive(
+            Arc::downgrade(&inner),
+            stopped.clone(),
+        ));
+        let services = Arc::new(NodeServices(Arc::downgrade(&inner)));
+        let task = tokio::spawn(serve(
+            listener,
+            raft.clone(),
+            server_config,
+            services,
+            stopped,
+        ));
+        *lock(&inner.server) = Some(task);
+        let node = Node { inner };
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| io("reading raft state", &e))?;
+        match (&config.join, initialized) {
+            (_, true) => {
+                tracing::info!(id = config.id, %addr, "node restarted on its files");
+                node.record_own_address().await?;
+            }
+            (None, false) => {
+                let members = BTreeMap::from([(config.id, NodeAddr { addr: addr.clone() })]);
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("initializing: {e}")))?;
+                // A new single-node cluster is ready when it leads: until then its membership
+                // and leader are not yet visible, and a first `cluster status` would show none.
+                raft.wait(Some(config.request_timeout))
+                    .current_leader(config.id, "the new cluster's first election")
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("initializing: {e}")))?;
+                tracing::info!(id = config.id, %addr, "initialized a single-node cluster");
+            }
+            (Some(seed), false) => {
+                if let Err(e) = node.join_through(seed).await {
+                    node.shutdown().await;
+                    return Err(e);
+                }
+                tracing::info!(id = config.id, %addr, %seed, "joined the cluster");
+            }
+        }
+        Ok(node)
+    }
+
+    /// A node alone in its cluster whose membership records another address than the one it
+    /// serves on (restored from a backup, or restarted elsewhere) records its own, once it
+    /// leads: nodes that join later are sent to the recorded address.
+    pub(super) async fn record_own_address(&self) -> Result<()> {
+        let (id, addr) = (self.inner.id, self.inner.addr.clone());
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Error::Unavailable(format!("recording this node's address {addr}: {e}"))
+        };
+        // The state Raft loaded (its metrics may not show it yet).
+        let recorded = self
+            .inner
+            .raft
+            .with_raft_state(move |st| {
+                let membership = st.membership_state.effective().membership();
+                let alone = membership.nodes().all(|(n, _)| *n == id);
+                membership
+                    .get_node(&id)
+                    .filter(|_| alone)
+                    .map(|n| n.addr.clone())
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if recorded.as_ref().is_none_or(|r| *r == addr) {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .wait(Some(self.inner.config.request_timeout))
+            .current_leader(id, "leading alone")
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.inner
+            .raft
+            .change_membership(
+                ChangeMembers::SetNodes(BTreeMap::from([(id, NodeAddr { addr: addr.clone() })])),
+                false,
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        tracing::info!(id, %addr, was = ?recorded, "recorded this node's address");
+        Ok(())
+    }
+
+    pub(super) async fn join_through(&self, seed: &str) -> Result<()> {
+        let request = ClientRequest::Join {
+            id: self.inner.id,
+            addr: self.inner.addr.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout * 6;
+        // The joiner is no member yet: it asks as a client does, so that a follower it dials
+        // passes the request on to the leader (a member's request is never forwarded twice).
+        let as_client = Pool::new(self.inner.config.cluster_id.clone(), None);
+        loop {
+            let outcome = as_client
+                .client_call(seed, &request, self.inner.config.request_timeout * 6)
+                .await;
+            match outcome {
+                Ok(ClientReply::Done) => return Ok(()),
+                Ok(ClientReply::Error(Error::Unavailable(_) | Error::NotLeader { .. }))
+                | Err(_)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(ClientReply::Error(e)) => return Err(e),
+                Ok(other) => return Err(Error::Protocol(format!("join answered {other:?}"))),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The address other nodes and clients dial.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The address the node listens on: [`Node::addr`] unless it advertises another.
+    pub fn listen_addr(&self) -> &str {
+        &self.inner.listen_addr
+    }
+
+    /// Why this node stopped by itself, if it has (see [`Node::failed`]).
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Returns once the node has stopped by itself after a storage failure, with the failure.
+    /// A node that only stops through [`Node::shutdown`] never returns from this.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.inner.failure.subscribe();
+        match failure.wait_for(Option::is_some).await {
+            Ok(f) => f.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// The openraft handle, for what the facade does not wrap.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The node's store (its local copy).
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// Stops Raft and the listener; the files are closed when the last clone is dropped.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let task = lock(&self.inner.server).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let store = Arc::clone(&self.inner.store);
+        let _ = tokio::task::spawn_blocking(move || store.read().map(|s| s.sync().ok()).ok()).await;
+        // Replication tasks and blocking calls still running hold the files open; wait (bounded)
+        // so that a restart in the same process finds them unlocked. The state file closes when
+        // the last `Node` handle is dropped.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !(self.inner.log_closed.is_closed() && Arc::strong_count(&self.inner.store) == 1) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("files still in use 10 s after shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

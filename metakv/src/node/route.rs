@@ -1,0 +1,511 @@
+//! Client requests: answered on this node, or through the leader when it must answer.
+
+use super::*;
+
+/// The longest a watch poll may wait (`ClientRequest::Changes { wait_ms }`): a poll holds a
+/// pin on its bucket's tombstones for its wait, so a client must not choose an endless one.
+pub const WATCH_WAIT_MS_MAX: u32 = 60_000;
+/// Longest wait between two attempts of a request that found no leader (see `Node::route`).
+pub(super) const ROUTE_RETRY_MAX: Duration = Duration::from_millis(50);
+
+impl Node {
+    /// Answers a client request; `from` is the node that forwarded it (it is not forwarded
+    /// again), `None` for a caller of this node.
+    pub(crate) async fn handle(
+        &self,
+        request: ClientRequest,
+        from: Option<u64>,
+    ) -> Result<ClientReply> {
+        if let Some(why) = self.failure() {
+            return Err(Error::Storage(format!(
+                "node {} stopped after a storage failure: {why}",
+                self.inner.id
+            )));
+        }
+        if from.is_none()
+            && let Some(message) = internal_only(&request)
+        {
+            return Err(Error::Rejected(metakv_raft::Rejection {
+                kind: metakv_raft::RejectionKind::Invalid,
+                message,
+            }));
+        }
+        self.route(request, from).await
+    }
+
+    /// Answers here, or through the leader when it must answer. A refused attempt is retried when
+    /// this node's view of leadership changes, or after [`ROUTE_RETRY_MAX`].
+    pub(super) async fn route(
+        &self,
+        request: ClientRequest,
+        from: Option<u64>,
+    ) -> Result<ClientReply> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+        // Leadership as this node saw it when the last attempt was refused: the next attempt
+        // waits until it changes (an election ends), not for a fixed time.
+        let mut leadership = self.inner.raft.server_metrics();
+        loop {
+            drop(leadership.borrow_and_update());
+            match self.try_handle(&request).await {
+                Err(Redirect(leader)) if from.is_some() => {
+                    return Err(Error::NotLeader {
+                        leader: leader.map(|(id, _)| id),
+                    });
+                }
+                Err(Redirect(Some((id, addr)))) if id != self.inner.id => {
+                    // A join waits on the leader for the learner to catch up, up to
+                    // `request_timeout`, and then for its promotion.
+                    let ttl = match request {
+                        ClientRequest::Join { .. } => self.inner.config.request_timeout * 2,
+                        _ => self.inner.config.request_timeout,
+                    };
+                    match self.inner.pool.client_call(&addr, &request, ttl).await {
+                        Ok(ClientReply::Error(Error::NotLeader { .. })) => {}
+                        Ok(reply) => return Ok(reply),
+                        Err(e) if e.is_connect() => {}
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                }
+                Err(Redirect(_)) => {}
+                Ok(reply) => return reply,
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "no leader answered within {:?}",
+                    self.inner.config.request_timeout
+                )));
+            }
+            if let Some(why) = self.failure() {
+                return Err(Error::Storage(format!(
+                    "node {} stopped after a storage failure: {why}",
+                    self.inner.id
+                )));
+            }
+            // A vote, state or leader change wakes this at once; the bound covers a leader
+            // that this node has not heard of yet but another has. Metrics that end (Raft
+            // stopped) must not turn this into a busy loop.
+            let wait = (deadline - now).min(ROUTE_RETRY_MAX);
+            let woke = tokio::time::timeout(wait, leadership.changed()).await;
+            if matches!(woke, Ok(Err(_))) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    /// One attempt on this node; `Redirect` when the leader must answer.
+    pub(super) async fn try_handle(
+        &self,
+        request: &ClientRequest,
+    ) -> std::result::Result<Result<ClientReply>, Redirect> {
+        // Matched by reference: only what an answer needs is copied, once per attempt.
+        Ok(match request {
+            ClientRequest::Write(op) => match op.validate(self.inner.config.value_bytes_max) {
+                Err(e) => Err(Error::from_store(e)),
+                Ok(()) => self.propose(op.clone()).await?.map(ClientReply::Applied),
+            },
+            ClientRequest::Get {
+                bucket,
+                key,
+                include_tombstones,
+                consistency,
+            } => {
+                self.linearize(*consistency).await?;
+                let (bucket, key, include_tombstones) =
+                    (bucket.clone(), key.clone(), *include_tombstones);
+                self.local(move |s| s.read()?.get(&bucket, &key, include_tombstones))
+                    .await
+                    .map(ClientReply::Record)
+            }
+            ClientRequest::Scan {
+                bucket,
+                prefix,
+                after,
+                limit,
+                include_tombstones,
+                consistency,
+            } => {
+                self.linearize(*consistency).await?;
+                let scan = Scan {
+                    prefix: prefix.clone(),
+                    after: after.clone(),
+                    limit: *limit as usize,
+                    include_tombstones: *include_tombstones,
+                };
+                let bucket = bucket.clone();
+                self.local(move |s| s.read()?.scan(&bucket, &scan))
+                    .await
+                    .map(|p| {
+                        ClientReply::Page(ScanPage {
+                            items: p.items,
+                            next: p.next,
+                        })
+                    })
+            }
+            ClientRequest::Changes {
+                bucket,
+                prefix,
+                after_rev,
+                limit,
+                wait_ms,
+            } => {
+                self.poll_changes(bucket, prefix, *after_rev, *limit, *wait_ms)
+                    .await
+            }
+            ClientRequest::Bucket {
+                bucket,
+                consistency,
+            } => {
+                self.linearize(*consistency).await?;
+                let bucket = bucket.clone();
+                self.local(move |s| s.bucket(&bucket))
+                    .await
+                    .map(ClientReply::Bucket)
+            }
+            ClientRequest::Buckets { consistency } => {
+                self.linearize(*consistency).await?;
+                self.local(|s| s.read()?.buckets())
+                    .await
+                    .map(ClientReply::Buckets)
+            }
+            ClientRequest::Status => Ok(ClientReply::Status(self.node_status())),
+            ClientRequest::GcRun { .. }
+            | ClientRequest::GcStatus { .. }
+            | ClientRequest::ClusterStatus
+            | ClientRequest::CompactNode
+            | ClientRequest::CheckNode
+            | ClientRequest::PauseBucket { .. }
+            | ClientRequest::ResumeBucket { .. }
+            | ClientRequest::Hibernation { .. }
+            | ClientRequest::BackupBegin
+            | ClientRequest::BackupChunk { .. }
+            | ClientRequest::BackupEnd { .. }
+            | ClientRequest::Join { .. }
+            | ClientRequest::Remove { .. } => return self.try_admin(request).await,
+        })
+    }
+
+    /// A watch's poll: the changes after `after_rev`, waiting up to `wait_ms` for the next
+    /// applied entry when there are none yet.
+    pub(super) async fn poll_changes(
+        &self,
+        bucket: &str,
+        prefix: &[u8],
+        after_rev: u64,
+        limit: u32,
+        wait_ms: u32,
+    ) -> Result<ClientReply> {
+        if wait_ms > WATCH_WAIT_MS_MAX {
+            return Err(Error::invalid(format!(
+                "wait_ms {wait_ms} is over the limit of {WATCH_WAIT_MS_MAX}"
+            )));
+        }
+        let applied = self.applied_index();
+        if wait_ms > 0 {
+            self.inner
+                .gc
+                .pin(bucket, after_rev, Duration::from_millis(wait_ms.into()));
+        }
+        let mut page = self.changes_page(bucket, prefix, after_rev, limit).await;
+        let empty = matches!(&page, Ok(ChangesPage::Events { events, .. }) if events.is_empty());
+        if wait_ms > 0 && empty {
+            // Nothing yet: wait for the next applied entry, or for the poll to run out.
+            let wait = self
+                .inner
+                .raft
+                .wait(Some(Duration::from_millis(wait_ms.into())));
+            if wait
+                .applied_index_at_least(Some(applied + 1), "watch")
+                .await
+                .is_ok()
+            {
+                page = self.changes_page(bucket, prefix, after_rev, limit).await;
+            }
+        }
+        page.map(ClientReply::Changes)
+    }
+
+    /// One attempt at an operator's request: GC, hibernation, backup, checks, membership.
+    pub(super) async fn try_admin(
+        &self,
+        request: &ClientRequest,
+    ) -> std::result::Result<Result<ClientReply>, Redirect> {
+        Ok(match request.clone() {
+            ClientRequest::GcRun {
+                dry_run,
+                min_age_ms,
+            } => {
+                self.lead_here()?;
+                match self.inner.gc.run(dry_run, min_age_ms).await {
+                    Ok(Ok(job)) => Ok(ClientReply::GcStarted(job)),
+                    Ok(Err(Error::NotLeader { .. })) => return Err(Redirect(None)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::Unavailable("the node is shutting down".into())),
+                }
+            }
+            ClientRequest::GcStatus { limit } => {
+                self.linearize(Consistency::Linearizable).await?;
+                let running = self.inner.gc.progress();
+                self.gc_records(limit as usize)
+                    .await
+                    .map(|jobs| ClientReply::GcStatus(GcStatus { running, jobs }))
+            }
+            ClientRequest::ClusterStatus => {
+                Ok(ClientReply::ClusterStatus(self.cluster_status_now().await))
+            }
+            ClientRequest::CompactNode => {
+                let node = self.inner.id;
+                self.compact_state()
+                    .await
+                    .map(|(bytes_before, bytes_after)| {
+                        ClientReply::Compacted(NodeCompacted {
+                            node,
+                            bytes_before,
+                            bytes_after,
+                        })
+                    })
+            }
+            ClientRequest::PauseBucket { bucket, archive } => {
+                self.lead_here()?;
+                leader_only(self.start_pause(&bucket, &archive).await)?.map(ClientReply::OpStarted)
+            }
+            ClientRequest::ResumeBucket { bucket, archive } => {
+                self.lead_here()?;
+                leader_only(self.start_resume(&bucket, archive.as_deref()).await)?
+                    .map(ClientReply::OpStarted)
+            }
+            ClientRequest::Hibernation { bucket } => {
+                self.lead_here()?;
+                self.linearize(Consistency::Linearizable).await?;
+                self.hibernation_status(&bucket)
+                    .await
+                    .map(ClientReply::Hibernation)
+            }
+            ClientRequest::BackupBegin => {
+                self.linearize(Consistency::Linearizable).await?;
+                self.backup_begin().await.map(ClientReply::Backup)
+            }
+            ClientRequest::BackupChunk { node, id, offset } => {
+                if node != self.inner.id {
+                    return Ok(self.on_member(node, request).await);
+                }
+                self.backup_chunk(id, offset).await.map(ClientReply::Bytes)
+            }
+            ClientRequest::BackupEnd { node, id } => {
+                if node != self.inner.id {
+                    return Ok(self.on_member(node, request).await);
+                }
+                self.backup_end(id).map(|()| ClientReply::Done)
+            }
+            ClientRequest::CheckNode => {
+                let node = self.inner.id;
+                self.exclusive(move |store| store.check())
+                    .await
+                    .map(|report| ClientReply::Checked(NodeCheck::from_report(node, &report)))
+            }
+            ClientRequest::Join { id, addr } => return self.add_member(id, addr).await,
+            ClientRequest::Remove { id } => {
+                return self
+                    .change_members(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                    .await;
+            }
+            ClientRequest::Write(_)
+            | ClientRequest::Get { .. }
+            | ClientRequest::Scan { .. }
+            | ClientRequest::Changes { .. }
+            | ClientRequest::Bucket { .. }
+            | ClientRequest::Buckets { .. }
+            | ClientRequest::Status => unreachable!("answered by try_handle"),
+        })
+    }
+
+    /// Proposes a membership change here, or redirects to the leader.
+    pub(super) async fn change_members(
+        &self,
+        change: ChangeMembers<u64, NodeAddr>,
+    ) -> std::result::Result<Result<ClientReply>, Redirect> {
+        match self.inner.raft.change_membership(change, false).await {
+            Ok(_) => Ok(Ok(ClientReply::Done)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(redirect(f.leader_id, f.leader_node))
+            }
+            Err(e) => Ok(Err(Error::Unavailable(e.to_string()))),
+        }
+    }
+
+    /// Adds node `id` at `addr`: a learner first, a voter once it has acknowledged the entry
+    /// that added it. A learner that does not within `request_timeout` is removed again, so a
+    /// node that is not there never counts toward a quorum. An id that is a voter already is
+    /// refused: a node that lost its files must be removed first (its empty log could never
+    /// be caught up as the voter it was, and it may have forgotten its vote).
+    pub(super) async fn add_member(
+        &self,
+        id: u64,
+        addr: String,
+    ) -> std::result::Result<Result<ClientReply>, Redirect> {
+        self.lead_here()?;
+        let raft = &self.inner.raft;
+        let (voter, known) = {
+            let m = raft.metrics().borrow_watched().clone();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().any(|v| v == id),
+                membership.get_node(&id).map(|n| n.addr.clone()),
+            )
+        };
+        if voter {
+            return Ok(Err(Error::invalid(format!(
+                "node {id} is already a voter (at {}); a node that lost its data dir must be \
+                 removed before it joins again: `metakv cluster remove-node {id}`",
+                known.unwrap_or_default()
+            ))));
+        }
+        let added = match raft
+            .add_learner(id, NodeAddr { addr: addr.clone() }, false)
+            .await
+        {
+            Ok(r) => r.log_id,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                return Err(redirect(f.leader_id, f.leader_node));
+            }
+            Err(e) => return Ok(Err(Error::Unavailable(e.to_string()))),
+        };
+        let bound = self.inner.config.request_timeout;
+        let caught_up = raft
+            .wait(Some(bound))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|matched| matched.index >= added.index)
+                },
+                "the new learner to acknowledge its addition",
+            )
+            .await;
+        if caught_up.is_err() {
+            let removed = raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await;
+            let undo = match removed {
+                Ok(_) => "it was removed again".to_owned(),
+                Err(e) => format!("removing it again failed too: {e}"),
+            };
+            return Ok(Err(Error::Unavailable(format!(
+                "node {id} at {addr} did not catch up within {bound:?} (is it running, and does \
+                 it listen there?); {undo}"
+            ))));
+        }
+        self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
+    }
+
+    /// Passes `request` on to member `node`, for what only that node can answer.
+    pub(super) async fn on_member(
+        &self,
+        node: u64,
+        request: &ClientRequest,
+    ) -> Result<ClientReply> {
+        let addr = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow_watched();
+            m.membership_config
+                .membership()
+                .get_node(&node)
+                .map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else {
+            return Err(Error::invalid(format!("node {node} is not a member")));
+        };
+        match self
+            .inner
+            .pool
+            .client_call(&addr, request, self.inner.config.request_timeout)
+            .await
+        {
+            Ok(ClientReply::Error(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    pub(super) async fn changes_page(
+        &self,
+        bucket: &str,
+        prefix: &[u8],
+        after_rev: u64,
+        limit: u32,
+    ) -> Result<ChangesPage> {
+        let (bucket, prefix) = (bucket.to_owned(), prefix.to_vec());
+        let changes = self
+            .local(move |s| {
+                s.read()?
+                    .changes(&bucket, &prefix, after_rev, limit as usize)
+            })
+            .await?;
+        Ok(match changes {
+            Changes::Events {
+                events,
+                next_after_rev,
+                more,
+            } => ChangesPage::Events {
+                events: events.into_iter().map(|c| (c.key, c.record)).collect(),
+                next_after_rev,
+                more,
+            },
+            Changes::Compacted { floor } => ChangesPage::Compacted { floor },
+        })
+    }
+
+    /// For a linearizable read: waits until this node, as leader, has applied everything
+    /// committed before the read began (read index); redirects when another node leads.
+    /// `Ok` if this node leads; otherwise a redirect to the leader it knows of.
+    pub(super) fn lead_here(&self) -> std::result::Result<(), Redirect> {
+        self.leading().map(|_| ()).map_err(Redirect::from)
+    }
+}
+
+/// The leader to ask instead, if known.
+#[derive(Debug)]
+pub(crate) struct Redirect(pub(super) Option<(u64, String)>);
+
+/// A leader-only answer: `NotLeader` (leadership moved while it ran) becomes a redirect.
+pub(super) fn leader_only<T>(r: Result<T>) -> std::result::Result<Result<T>, Redirect> {
+    match r {
+        Err(Error::NotLeader { .. }) => Err(Redirect(None)),
+        other => Ok(other),
+    }
+}
+
+pub(super) fn redirect(id: Option<u64>, node: Option<NodeAddr>) -> Redirect {
+    Redirect(id.zip(node.map(|n| n.addr)))
+}
+
+/// Why a caller may not send `request` itself, if it may not: writes to `_sys`, and the
+/// hibernation steps, which only the node's own pause and resume propose (in order, with
+/// their records).
+pub(super) fn internal_only(request: &ClientRequest) -> Option<String> {
+    let ClientRequest::Write(op) = request else {
+        return None;
+    };
+    let sys = match op {
+        Op::SetBucketState { .. }
+        | Op::DropBucketData { .. }
+        | Op::Restore { .. }
+        | Op::Hibernate { .. } => {
+            return Some(
+                "bucket states change only through pause_bucket and resume_bucket".to_owned(),
+            );
+        }
+        Op::CreateBucket { bucket } | Op::DropBucket { bucket } => bucket == SYS_BUCKET,
+        Op::Put { bucket, .. } | Op::Delete { bucket, .. } => bucket == SYS_BUCKET,
+        Op::Purge { items } => items.iter().any(|i| i.bucket == SYS_BUCKET),
+    };
+    sys.then(|| format!("bucket {SYS_BUCKET:?} is reserved for metakv's own records"))
+}
+
+impl Kv for Node {
+    async fn request(&self, request: ClientRequest) -> Result<ClientReply> {
+        self.handle(request, None).await
+    }
+}

@@ -172,6 +172,137 @@ async fn stop_on_failure(node: Weak<Inner>, raft: Raft, mut stop: watch::Receive
     let _ = inner.stop.send(true);
 }
 
+/// A failure of the node's files or of Raft's start, saying what the node was doing.
+fn io(doing: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Storage(format!("{doing}: {e}"))
+}
+
+/// Opens (or creates) a node's files: the state store, the Raft log, the snapshot dir.
+async fn open_files(config: &NodeConfig) -> Result<(SharedStore, LogStore, StateMachine)> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| io("creating the data dir", &e))?;
+    if config.data_dir.join(restore::PARTIAL).exists() {
+        return Err(Error::Storage(format!(
+            "{} holds an unfinished restore ({}): remove the dir and restore again",
+            config.data_dir.display(),
+            restore::PARTIAL
+        )));
+    }
+    let store_config = metakv_store::Config {
+        path: config.data_dir.join(restore::STATE_FILE),
+        cache_bytes: config.cache_bytes,
+        // IMPORTANT: apply must not depend on a node's own settings, or nodes configured
+        // differently would apply the same entry differently. Apply checks the compiled
+        // ceiling, which every node shares; `config.value_bytes_max` is checked before a
+        // write is proposed or forwarded (`try_handle`).
+        value_bytes_max: metakv_store::VALUE_BYTES_MAX_CEILING,
+        durable: false,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(blocking_err)?
+        .map_err(Error::from_store)?;
+    let store: SharedStore = Arc::new(RwLock::new(store));
+    let log_path = config.data_dir.join(restore::LOG_FILE);
+    let log = tokio::task::spawn_blocking(move || LogStore::open(&log_path))
+        .await
+        .map_err(blocking_err)?
+        .map_err(|e| io("opening the raft log", &e))?;
+    let sm = StateMachine::new(
+        Arc::clone(&store),
+        config.data_dir.join(restore::SNAPSHOT_DIR),
+    )
+    .map_err(|e| io("opening snapshots", &e))?;
+    Ok((store, log, sm))
+}
+
+/// Raft's settings: the node's timings and the choices metakv's promises rest on.
+fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
+    openraft::Config {
+        cluster_name: config.cluster_id.clone(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        // `crate::snapshots` triggers them, each member at its own phase.
+        snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+        // IMPORTANT: a restarted leader stands for election. The state file and the
+        // committed index are written without fsync, so a leader restored without an
+        // election would answer read-index reads from a state behind what it had
+        // acknowledged; the leader of a new term first commits an entry of its own, and
+        // its read index covers everything committed before.
+        enable_leader_restore: Some(false),
+        // A member that could not win (thawed after SIGSTOP, cut off, restarted) asks
+        // before raising its term, and a member that hears from a live leader refuses: a
+        // returning follower does not depose a healthy leader.
+        enable_pre_vote: Some(true),
+        // A leader no quorum has answered for a lease (it can send but not hear) falls
+        // silent for this long, so that members that cannot reach it elect one they can;
+        // otherwise its heartbeats keep them from standing while it commits nothing. The
+        // least openraft allows: the lease (election_timeout_max) plus one election.
+        quorum_loss_probe_interval: Some(2 * config.election_timeout_max_ms),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::invalid(format!("raft configuration: {e}")))
+}
+
+/// Starts the node's background tasks (the storage watchdog, prompt candidacy, the GC,
+/// snapshot and hibernation drivers) and the listener, all stopped by `stopped`.
+fn spawn_tasks(
+    inner: &Arc<Inner>,
+    listener: TcpListener,
+    gc_ctl: tokio::sync::mpsc::UnboundedReceiver<crate::gc::Ctl>,
+    stopped: watch::Receiver<bool>,
+) {
+    let config = &inner.config;
+    let raft = &inner.raft;
+    tokio::spawn(stop_on_failure(
+        Arc::downgrade(inner),
+        raft.clone(),
+        stopped.clone(),
+    ));
+    let leader_contact = Arc::new(LeaderContact::default());
+    tokio::spawn(stand_promptly(
+        raft.clone(),
+        Arc::clone(&leader_contact),
+        Candidacy::from_timings(
+            config.heartbeat_ms,
+            config.election_timeout_min_ms,
+            config.election_timeout_max_ms,
+        ),
+        stopped.clone(),
+    ));
+    let server_config = Arc::new(ServerConfig {
+        cluster_id: config.cluster_id.clone(),
+        node_id: config.id,
+        spool_dir: config.data_dir.join(restore::SNAPSHOT_DIR),
+        leader_contact,
+    });
+    tokio::spawn(crate::gc::drive(
+        Arc::downgrade(inner),
+        gc_ctl,
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::snapshots::drive(
+        Arc::downgrade(inner),
+        config.snapshot_logs_since_last.max(1),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::hibernate::drive(
+        Arc::downgrade(inner),
+        stopped.clone(),
+    ));
+    let services = Arc::new(NodeServices(Arc::downgrade(inner)));
+    let task = tokio::spawn(serve(
+        listener,
+        raft.clone(),
+        server_config,
+        services,
+        stopped,
+    ));
+    *lock(&inner.server) = Some(task);
+}
+
 impl Node {
     /// Opens the node's files, starts Raft and the listener, and then: restarts on its files,
     /// or initializes a single-node cluster (new node, no `join`), or joins `join`.
@@ -179,40 +310,7 @@ impl Node {
         config
             .validate()
             .map_err(|e| Error::invalid(format!("configuration: {e}")))?;
-        let io = |doing: &str, e: &dyn std::fmt::Display| Error::Storage(format!("{doing}: {e}"));
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| io("creating the data dir", &e))?;
-        if config.data_dir.join(restore::PARTIAL).exists() {
-            return Err(Error::Storage(format!(
-                "{} holds an unfinished restore ({}): remove the dir and restore again",
-                config.data_dir.display(),
-                restore::PARTIAL
-            )));
-        }
-        let store_config = metakv_store::Config {
-            path: config.data_dir.join(restore::STATE_FILE),
-            cache_bytes: config.cache_bytes,
-            // IMPORTANT: apply must not depend on a node's own settings, or nodes configured
-            // differently would apply the same entry differently. Apply checks the compiled
-            // ceiling, which every node shares; `config.value_bytes_max` is checked before a
-            // write is proposed or forwarded (`try_handle`).
-            value_bytes_max: metakv_store::VALUE_BYTES_MAX_CEILING,
-            durable: false,
-        };
-        let store = tokio::task::spawn_blocking(move || Store::open(store_config))
-            .await
-            .map_err(blocking_err)?
-            .map_err(Error::from_store)?;
-        let store: SharedStore = Arc::new(RwLock::new(store));
-        let log_path = config.data_dir.join(restore::LOG_FILE);
-        let log = tokio::task::spawn_blocking(move || LogStore::open(&log_path))
-            .await
-            .map_err(blocking_err)?
-            .map_err(|e| io("opening the raft log", &e))?;
-        let sm = StateMachine::new(
-            Arc::clone(&store),
-            config.data_dir.join(restore::SNAPSHOT_DIR),
-        )
-        .map_err(|e| io("opening snapshots", &e))?;
+        let (store, log, sm) = open_files(&config).await?;
         let listener = listen(&config.listen)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -224,33 +322,7 @@ impl Node {
             .advertise
             .clone()
             .unwrap_or_else(|| listen_addr.clone());
-        let raft_config = openraft::Config {
-            cluster_name: config.cluster_id.clone(),
-            heartbeat_interval: config.heartbeat_ms,
-            election_timeout_min: config.election_timeout_min_ms,
-            election_timeout_max: config.election_timeout_max_ms,
-            // `crate::snapshots` triggers them, each member at its own phase.
-            snapshot_policy: SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
-            // IMPORTANT: a restarted leader stands for election. The state file and the
-            // committed index are written without fsync, so a leader restored without an
-            // election would answer read-index reads from a state behind what it had
-            // acknowledged; the leader of a new term first commits an entry of its own, and
-            // its read index covers everything committed before.
-            enable_leader_restore: Some(false),
-            // A member that could not win (thawed after SIGSTOP, cut off, restarted) asks
-            // before raising its term, and a member that hears from a live leader refuses: a
-            // returning follower does not depose a healthy leader.
-            enable_pre_vote: Some(true),
-            // A leader no quorum has answered for a lease (it can send but not hear) falls
-            // silent for this long, so that members that cannot reach it elect one they can;
-            // otherwise its heartbeats keep them from standing while it commits nothing. The
-            // least openraft allows: the lease (election_timeout_max) plus one election.
-            quorum_loss_probe_interval: Some(2 * config.election_timeout_max_ms),
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| Error::invalid(format!("raft configuration: {e}")))?;
+        let raft_config = raft_config(&config)?;
         let network = Network {
             cluster_id: config.cluster_id.clone(),
             node_id: config.id,
@@ -280,52 +352,17 @@ impl Node {
             failure: watch::channel(None).0,
             server: std::sync::Mutex::new(None),
         });
-        tokio::spawn(stop_on_failure(
-            Arc::downgrade(&inner),
-            raft.clone(),
-            stopped.clone(),
-        ));
-        let leader_contact = Arc::new(LeaderContact::default());
-        tokio::spawn(stand_promptly(
-            raft.clone(),
-            Arc::clone(&leader_contact),
-            Candidacy::from_timings(
-                config.heartbeat_ms,
-                config.election_timeout_min_ms,
-                config.election_timeout_max_ms,
-            ),
-            stopped.clone(),
-        ));
-        let server_config = Arc::new(ServerConfig {
-            cluster_id: config.cluster_id.clone(),
-            node_id: config.id,
-            spool_dir: config.data_dir.join(restore::SNAPSHOT_DIR),
-            leader_contact,
-        });
-        tokio::spawn(crate::gc::drive(
-            Arc::downgrade(&inner),
-            gc_ctl,
-            stopped.clone(),
-        ));
-        tokio::spawn(crate::snapshots::drive(
-            Arc::downgrade(&inner),
-            config.snapshot_logs_since_last.max(1),
-            stopped.clone(),
-        ));
-        tokio::spawn(crate::hibernate::drive(
-            Arc::downgrade(&inner),
-            stopped.clone(),
-        ));
-        let services = Arc::new(NodeServices(Arc::downgrade(&inner)));
-        let task = tokio::spawn(serve(
-            listener,
-            raft.clone(),
-            server_config,
-            services,
-            stopped,
-        ));
-        *lock(&inner.server) = Some(task);
+        spawn_tasks(&inner, listener, gc_ctl, stopped);
         let node = Node { inner };
+        node.come_up(&raft).await?;
+        Ok(node)
+    }
+
+    /// Restarts on its files, or initializes a single-node cluster (a new node, no `join`),
+    /// or joins `join`.
+    async fn come_up(&self, raft: &Raft) -> Result<()> {
+        let config = &self.inner.config;
+        let addr = &self.inner.addr;
         let initialized = raft
             .is_initialized()
             .await
@@ -333,7 +370,7 @@ impl Node {
         match (&config.join, initialized) {
             (_, true) => {
                 tracing::info!(id = config.id, %addr, "node restarted on its files");
-                node.record_own_address().await?;
+                self.record_own_address().await?;
             }
             (None, false) => {
                 let members = BTreeMap::from([(config.id, NodeAddr { addr: addr.clone() })]);
@@ -349,14 +386,14 @@ impl Node {
                 tracing::info!(id = config.id, %addr, "initialized a single-node cluster");
             }
             (Some(seed), false) => {
-                if let Err(e) = node.join_through(seed).await {
-                    node.shutdown().await;
+                if let Err(e) = self.join_through(seed).await {
+                    self.shutdown().await;
                     return Err(e);
                 }
                 tracing::info!(id = config.id, %addr, %seed, "joined the cluster");
             }
         }
-        Ok(node)
+        Ok(())
     }
 
     /// A node alone in its cluster whose membership records another address than the one it

@@ -1,0 +1,331 @@
+//! The client API: its messages (the `client` service of the transport) and [`Kv`], the typed
+//! operations that [`Node`](crate::Node) and [`Client`](crate::Client) both offer.
+
+use metakv_raft::Response;
+use metakv_store::{Applied, BucketInfo, Expect, Op, Record};
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+mod kv;
+
+pub use kv::{Kv, Watch, WatchEvent};
+use metakv_gc::hibernate::{OpId, Phase};
+use metakv_gc::{JobId, JobRecord};
+
+/// Name of the client service on the transport.
+pub const CLIENT_SERVICE: &str = "client";
+
+/// How many of the newest job records `gc_wait` looks through for its job.
+pub const GC_WAIT_RECORDS: u32 = 20;
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began, on any node (a read index
+    /// through the leader).
+    #[default]
+    Linearizable,
+    /// This node's copy as it is: may lag behind the leader, answers during a partition.
+    Local,
+}
+
+/// A request to the client service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Any op, through the Raft log (a follower forwards it to the leader).
+    Write(Op),
+    Get {
+        bucket: String,
+        key: Vec<u8>,
+        include_tombstones: bool,
+        consistency: Consistency,
+    },
+    Scan {
+        bucket: String,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        include_tombstones: bool,
+        consistency: Consistency,
+    },
+    /// The bucket's changes after a revision, from this node's copy.
+    /// With `wait_ms` > 0 and nothing to report yet, the node waits up to that long for the
+    /// next applied entry (a long poll, what a watch is made of); at most
+    /// [`crate::WATCH_WAIT_MS_MAX`], a longer wait is refused.
+    Changes {
+        bucket: String,
+        prefix: Vec<u8>,
+        after_rev: u64,
+        limit: u32,
+        wait_ms: u32,
+    },
+    Bucket {
+        bucket: String,
+        consistency: Consistency,
+    },
+    Buckets {
+        consistency: Consistency,
+    },
+    Status,
+    /// Every member's status, as each reports it (the answering node asks them).
+    ClusterStatus,
+    /// Adds node `id` at `addr`: as a learner, caught up, then as a voter.
+    Join {
+        id: u64,
+        addr: String,
+    },
+    /// Removes node `id` from the voters.
+    Remove {
+        id: u64,
+    },
+    /// Starts a tombstone GC job on the leader; answered with its id once every member has
+    /// answered the version probe. `min_age_ms` overrides the node's `gc.min_age`.
+    GcRun {
+        dry_run: bool,
+        min_age_ms: Option<u64>,
+    },
+    /// The running GC job (if any) and the last `limit` job records, newest first.
+    GcStatus {
+        limit: u32,
+    },
+    /// Compacts the answering node's state file (rebuilds it). Its requests wait meanwhile;
+    /// the rest of the cluster goes on.
+    CompactNode,
+    /// Checks the answering node's store: redb's page checksums, every record's crc and
+    /// contents, every index and counter. Its requests wait meanwhile.
+    CheckNode,
+    /// Starts pausing a bucket to an archive location, on the leader; answered with the
+    /// operation's id once the bucket is `Pausing`.
+    PauseBucket {
+        bucket: String,
+        archive: String,
+    },
+    /// Starts resuming a paused bucket, on the leader, from its archive or from `archive`
+    /// (where its objects were moved); answered once the bucket is `Resuming`.
+    ResumeBucket {
+        bucket: String,
+        archive: Option<String>,
+    },
+    /// A bucket's state, its last pause or resume, and the one running, from the leader.
+    Hibernation {
+        bucket: String,
+    },
+    /// Takes a backup of the whole store on the leader, after its read index, and holds it
+    /// there to be pulled (see `crate::backup`).
+    BackupBegin,
+    /// Up to 1 MiB of backup `id` from `offset`; any node passes it on to `node`.
+    BackupChunk {
+        node: u64,
+        id: u64,
+        offset: u64,
+    },
+    /// Lets node `node` remove backup `id`.
+    BackupEnd {
+        node: u64,
+        id: u64,
+    },
+}
+
+/// What compacting one node did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCompacted {
+    pub node: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// What checking one node's store found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCheck {
+    pub node: u64,
+    /// No problem found, and redb's verdict is not `failed`.
+    pub ok: bool,
+    /// redb's verdict on the file: `clean`, `repaired`, or `failed: <why>`.
+    pub file: String,
+    pub records: u64,
+    /// Every problem found, up to `metakv_store::CHECK_PROBLEMS_LISTED_MAX`.
+    pub problems: Vec<String>,
+}
+
+impl NodeCheck {
+    pub fn from_report(node: u64, report: &metakv_store::CheckReport) -> NodeCheck {
+        NodeCheck {
+            node,
+            ok: report.is_ok(),
+            file: match &report.file {
+                metakv_store::FileCheck::Clean => "clean".to_owned(),
+                metakv_store::FileCheck::Repaired => "repaired".to_owned(),
+                metakv_store::FileCheck::Failed(why) => format!("failed: {why}"),
+            },
+            records: report.records_checked,
+            problems: report.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+}
+
+/// The changes of a bucket after a revision (see `metakv_store::ReadView::changes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangesPage {
+    Events {
+        events: Vec<(Vec<u8>, Record)>,
+        next_after_rev: u64,
+        more: bool,
+    },
+    Compacted {
+        floor: u64,
+    },
+}
+
+/// A page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanPage {
+    pub items: Vec<(Vec<u8>, Record)>,
+    pub next: Option<Vec<u8>>,
+}
+
+/// What a node reports of itself and of the cluster as it sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub addr: String,
+    pub role: Role,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub members: Vec<Member>,
+    /// Bytes of `state.redb` and `raft-log.redb`.
+    pub state_file_bytes: u64,
+    pub log_file_bytes: u64,
+    /// Durable log appends since the node started, and the entries they held: their ratio is
+    /// the group-commit factor.
+    pub log_fsyncs: u64,
+    pub log_entries: u64,
+}
+
+/// The cluster as seen from every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The leader the answering node knows of.
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub nodes: Vec<MemberReport>,
+}
+
+/// One member: its own status, or why it could not be asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub member: Member,
+    pub status: Result<NodeStatus, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// The answer of the client service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    Applied(Applied),
+    Record(Option<Record>),
+    Page(ScanPage),
+    Changes(ChangesPage),
+    Bucket(BucketInfo),
+    Buckets(Vec<(String, BucketInfo)>),
+    Status(NodeStatus),
+    ClusterStatus(ClusterStatus),
+    GcStarted(JobId),
+    GcStatus(GcStatus),
+    Compacted(NodeCompacted),
+    Checked(NodeCheck),
+    OpStarted(OpId),
+    Hibernation(HibernationStatus),
+    Done,
+    Error(Error),
+    Backup(BackupInfo),
+    Bytes(Vec<u8>),
+}
+
+pub(crate) fn applied(response: Response) -> Result<Applied> {
+    match response {
+        Response::Applied(a) => Ok(a),
+        Response::Rejected(r) => Err(Error::Rejected(r)),
+    }
+}
+
+pub(crate) fn unexpected<T>(reply: ClientReply) -> Result<T> {
+    match reply {
+        ClientReply::Error(e) => Err(e),
+        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
+// What the drivers report: GC, hibernation, backups.
+
+/// What `gc status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcStatus {
+    /// The job the leader runs now, if any.
+    pub running: Option<metakv_gc::Progress>,
+    /// The last jobs' records, newest first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// A running operation's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpProgress {
+    pub op: OpId,
+    pub kind: metakv_gc::hibernate::OpKind,
+    /// What it is doing: "exporting", "verifying", "dropping", "restoring", "finishing".
+    pub step: String,
+    pub records: u64,
+    pub bytes: u64,
+    /// What the whole operation moves, once known (a resume knows it from the manifest).
+    pub records_total: Option<u64>,
+    pub bytes_total: Option<u64>,
+}
+
+/// What `bucket status` shows of a bucket's hibernation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HibernationStatus {
+    pub bucket: String,
+    pub state: metakv_store::BucketState,
+    /// The bucket's last pause or resume.
+    pub record: Option<metakv_gc::hibernate::HibernationRecord>,
+    /// The operation the leader runs on it now.
+    pub running: Option<OpProgress>,
+}
+
+/// A backup a node has taken and holds for the client to pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// The node holding it.
+    pub node: u64,
+    pub id: u64,
+    /// Size and crc32 of the whole file.
+    pub bytes: u64,
+    pub crc32: u32,
+    /// The store's last revision in it.
+    pub rev: u64,
+    /// The Raft log index it was taken at.
+    pub applied: u64,
+    pub buckets: u64,
+    /// Records and tombstones.
+    pub records: u64,
+}

@@ -8,11 +8,13 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::write_out(format_args!($($t)*)) };
 }
 
+mod args;
 mod bench;
 mod cli;
 mod config;
 mod demo;
 mod maintenance;
+mod output;
 mod progress;
 
 use std::path::PathBuf;

@@ -1,0 +1,197 @@
+//! The client and admin commands' arguments, as clap parses them.
+
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Every member's role, applied index and file size, as each reports it.
+    Status,
+    /// The members and their addresses.
+    Members,
+    /// Adds node ID at ADDR (learner first, then voter once caught up).
+    AddNode { id: u64, addr: String },
+    /// Removes node ID from the voters.
+    RemoveNode { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BucketCmd {
+    Create {
+        name: String,
+    },
+    List,
+    Drop {
+        name: String,
+    },
+    /// State, live records and tombstones, and the bucket's last (or running) pause or resume.
+    Status {
+        name: String,
+    },
+    /// Pauses a bucket to an archive: exports it, verifies the archive, then drops its data.
+    /// Reads and writes answer "bucket paused" until it is resumed.
+    Pause {
+        name: String,
+        /// Where the archive goes: a directory (`file:///dir` or a plain path), or
+        /// `s3://bucket/prefix` in a build with the `s3` feature.
+        #[arg(long)]
+        archive: String,
+        /// Print the operation id and return once the bucket is pausing.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Resumes a paused bucket from its archive, with every record and revision it had.
+    Resume {
+        name: String,
+        /// The archive's location if its objects were moved since the pause.
+        #[arg(long)]
+        archive: Option<String>,
+        /// Print the operation id and return once the bucket is resuming.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GcCmd {
+    /// Runs a tombstone GC job now and waits for it, showing its progress.
+    Run {
+        /// Report what would be purged; purge and compact nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Collect only tombstones at least this old (e.g. 0, 30s, 10m, 1h); default: the
+        /// cluster's gc.min_age.
+        #[arg(long, value_parser = parse_duration_ms)]
+        min_age: Option<u64>,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The running job and the last jobs' records, newest first.
+    Status {
+        #[arg(long, default_value_t = 5)]
+        limit: u32,
+    },
+}
+
+/// `0`, `500ms`, `30s`, `10m`, `1h`, `2d` as milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 0, 500ms, 30s, 10m, 1h)"))?;
+    let scale = match unit {
+        "" if n == 0 => 1,
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: a duration needs a unit: ms, s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    /// Integrity check: redb's page checksums, every record's crc and contents, every index.
+    /// Of the node at --endpoint while it runs (its requests wait meanwhile), or with
+    /// --data-dir of a stopped node's files. Exit 1 with every problem listed.
+    Check {
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Compaction (a rebuild of the state file): of every node, one at a time, followers
+    /// first; of one with --node; or with --offline --data-dir of a stopped node's files.
+    Compact {
+        #[arg(long, conflicts_with = "offline")]
+        node: Option<u64>,
+        #[arg(long, requires = "data_dir")]
+        offline: bool,
+        #[arg(long, requires = "offline")]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Writes a backup of the whole store to FILE: taken on the leader, consistent as of a
+    /// moment after every write acknowledged before the command, checked whole (size, crc,
+    /// every frame) and made durable before FILE appears.
+    Backup {
+        /// Where the backup goes (written as FILE.partial until it is whole).
+        file: std::path::PathBuf,
+    },
+    /// Makes a new node's data dir from a backup, offline: start it with `serve`, then add
+    /// nodes with `serve --join`. Records keep their revisions, and new writes get higher ones.
+    Restore {
+        /// A backup written by `metakv backup`.
+        file: std::path::PathBuf,
+        /// The new node's data dir (created; it must hold no node files).
+        #[arg(long, default_value = "metakv-data")]
+        data_dir: std::path::PathBuf,
+        /// The new node's id.
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        /// The address the new node will serve on (it records its own address on its first
+        /// start if it serves elsewhere).
+        #[arg(long, default_value = "127.0.0.1:7379")]
+        advertise: String,
+    },
+    /// Members, their roles and progress; add and remove nodes.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Tombstone GC: run a job now (or a dry run), and the status of the last jobs.
+    #[command(subcommand)]
+    Gc(GcCmd),
+    /// Create, list, drop, pause and resume buckets, and show one's state.
+    #[command(subcommand)]
+    Bucket(BucketCmd),
+    /// Writes VALUE (or --file, or standard input) under KEY.
+    Put {
+        bucket: String,
+        key: String,
+        value: Option<String>,
+        #[arg(long, conflicts_with = "value")]
+        file: Option<std::path::PathBuf>,
+        /// Only if the key's current revision is N.
+        #[arg(long, conflicts_with = "if_absent")]
+        if_rev: Option<u64>,
+        /// Only if the key has no live record.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Prints KEY's record: a linearizable read through the leader, or --local.
+    Get {
+        bucket: String,
+        key: String,
+        /// This node's copy, without asking the leader (may be stale).
+        #[arg(long)]
+        local: bool,
+    },
+    /// Deletes KEY, leaving a tombstone (watchers and compare-and-set see it).
+    Del {
+        bucket: String,
+        key: String,
+        /// Only if the key's current revision is N.
+        #[arg(long)]
+        if_rev: Option<u64>,
+    },
+    /// Lists records in key order.
+    Ls {
+        bucket: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Lists tombstones too.
+        #[arg(long)]
+        tombstones: bool,
+    },
+    /// Prints changes as they happen (one line each), from revision --from-rev on.
+    Watch {
+        bucket: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 0)]
+        from_rev: u64,
+    },
+}

@@ -327,9 +327,9 @@ pub trait Kv {
     where
         Self: Sized,
     {
-        let info = crate::backup::begin(self).await?;
+        let info = super::backup::begin(self).await?;
         on_bytes(0, info.bytes);
-        crate::backup::pull(self, &info, path, |done| on_bytes(done, info.bytes)).await?;
+        super::backup::pull(self, &info, path, |done| on_bytes(done, info.bytes)).await?;
         Ok(info)
     }
 

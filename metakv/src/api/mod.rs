@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub(crate) mod backup;
 mod kv;
 
 pub use kv::{Kv, Watch, WatchEvent};

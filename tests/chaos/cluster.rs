@@ -184,6 +184,11 @@ impl Nodes {
     /// does (30 s at most). A leader cut off from the others may still think it leads in an
     /// older term; it is not the one.
     pub async fn leader(&self) -> usize {
+        self.try_leader().await.expect("no member leads after 30 s")
+    }
+
+    /// [`Nodes::leader`], or `None` if no member leads in the highest term for 30 s.
+    pub async fn try_leader(&self) -> Option<usize> {
         for _ in 0..300 {
             let mut best: Option<(u64, usize)> = None;
             let mut term = 0;
@@ -198,11 +203,11 @@ impl Nodes {
             if let Some((t, s)) = best
                 && t == term
             {
-                return s;
+                return Some(s);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("no member leads after 30 s");
+        None
     }
 
     /// The leader's slot once the cluster has healed from the last fault: a member leads in
@@ -210,14 +215,15 @@ impl Nodes {
     /// leader had committed when the check began. A fault struck before that would meet the
     /// last one still in effect (a follower paused while another catches up leaves no quorum),
     /// and its timings would be the last one's. After 30 s it gives up waiting for the
-    /// stragglers and answers the leader; the end of the run checks every copy anyway.
-    pub async fn healed(&self) -> usize {
+    /// stragglers and answers the leader; the end of the run checks every copy anyway. `None`
+    /// if no member leads for 30 s: the cluster did not heal.
+    pub async fn healed(&self) -> Option<usize> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let leader = self.leader().await;
+            let leader = self.try_leader().await?;
             let Some(ls) = self.status(leader).await else {
                 if tokio::time::Instant::now() >= deadline {
-                    return leader;
+                    return Some(leader);
                 }
                 continue;
             };
@@ -228,7 +234,7 @@ impl Nodes {
                 });
             }
             if caught_up || tokio::time::Instant::now() >= deadline {
-                return leader;
+                return Some(leader);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -496,7 +496,21 @@ async fn nemesis(
         let (mut timeline, mut faults, mut unhealed) = (Vec::new(), Vec::new(), Vec::new());
         for (at, fault) in schedule {
             tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
-            let leader = nodes.healed().await;
+            let Some(leader) = nodes.healed().await else {
+                // Kept as a violation (with the files), not a panic that would lose them.
+                let at = start.elapsed();
+                unhealed.push(Violation {
+                    kind: Kind::NotHealed,
+                    key: String::new(),
+                    message: format!(
+                        "no member led for 30 s before {} at {at:?}; no further faults",
+                        fault.kind()
+                    ),
+                    events: Vec::new(),
+                });
+                timeline.push((at, "no leader for 30 s: the nemesis stops".to_owned()));
+                break;
+            };
             let injected = start.elapsed();
             let (struck, what) = match inject(&mut nodes, fault, leader).await {
                 Ok(done) => done,
@@ -848,7 +862,15 @@ async fn settle(nodes: &Nodes) -> Result<metakv::BucketState, String> {
 async fn converge(nodes: &Nodes, violations: &mut Vec<Violation>) {
     let mut seen = Vec::new();
     for _ in 0..300 {
-        let leader = nodes.leader().await;
+        let Some(leader) = nodes.try_leader().await else {
+            violations.push(Violation {
+                kind: Kind::NotHealed,
+                key: String::new(),
+                message: "no member led for 30 s after the faults ended".into(),
+                events: Vec::new(),
+            });
+            return;
+        };
         let Some(l) = nodes.status(leader).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;

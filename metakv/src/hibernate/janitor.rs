@@ -75,32 +75,16 @@ impl Node {
                 if let Ok((store, base)) = archives.open(&archive, false) {
                     delete_objects(&store, &base, &objects).await;
                 }
-                let done = self
-                    .step(
-                        &bucket,
-                        BucketState::Active,
-                        false,
-                        &record,
-                        Expect::Rev(expect),
-                    )
+                self.rolled_back(&bucket, BucketState::Active, false, &record, expect)
                     .await;
-                tracing::warn!(%bucket, op = %record.op, reason = record.error.as_deref().unwrap_or(""), outcome = ?done.map(|_| ()), "pause rolled back");
             }
             Repair::RollBackResume {
                 bucket,
                 record,
                 expect,
             } => {
-                let done = self
-                    .step(
-                        &bucket,
-                        BucketState::Paused,
-                        true,
-                        &record,
-                        Expect::Rev(expect),
-                    )
+                self.rolled_back(&bucket, BucketState::Paused, true, &record, expect)
                     .await;
-                tracing::warn!(%bucket, op = %record.op, reason = record.error.as_deref().unwrap_or(""), outcome = ?done.map(|_| ()), "resume rolled back");
             }
             Repair::CheckArchive {
                 bucket,
@@ -144,5 +128,21 @@ impl Node {
                 tracing::error!(%bucket, %problem, "hibernation: the janitor cannot repair this bucket");
             }
         }
+    }
+
+    /// Writes a rolled-back `record`, with the bucket back in `state` (its partial data
+    /// dropped first when `drop_data`), expecting the running record at `expect`.
+    pub(super) async fn rolled_back(
+        &self,
+        bucket: &str,
+        state: BucketState,
+        drop_data: bool,
+        record: &HibernationRecord,
+        expect: u64,
+    ) {
+        let done = self
+            .step(bucket, state, drop_data, record, Expect::Rev(expect))
+            .await;
+        tracing::warn!(%bucket, op = %record.op, kind = record.kind.as_str(), reason = record.error.as_deref().unwrap_or(""), outcome = ?done.map(|_| ()), "operation rolled back");
     }
 }

@@ -17,18 +17,33 @@ pub(super) fn bucket_state_err(bucket: &str, state: BucketState, needed: &str) -
 }
 
 impl Node {
-    /// Starts pausing `bucket` to the archive location `archive`, on the leader: the bucket
-    /// is `Pausing` (writes answer `BucketPaused`) when this returns the operation's id.
-    pub(crate) async fn start_pause(&self, bucket: &str, archive: &str) -> Result<OpId> {
+    /// What a pause and a resume check first, on the leader: this node leads (and has
+    /// applied everything committed before), no operation runs on `bucket`, and the bucket is
+    /// in `needed`. Answers the operation's registration and the bucket's record.
+    async fn begin_op(
+        &self,
+        bucket: &str,
+        kind: OpKind,
+        needed: BucketState,
+    ) -> Result<(Registration, Option<(HibernationRecord, u64)>)> {
         let term = self.leading_term()?;
         self.linearize(crate::api::Consistency::Linearizable)
             .await
             .map_err(|_| Error::NotLeader { leader: None })?;
-        let reg = self.reserve(bucket, OpKind::Pause, term)?;
+        let reg = self.reserve(bucket, kind, term)?;
         let (state, record) = self.hibernation_of(bucket).await?;
-        if state != BucketState::Active {
-            return Err(bucket_state_err(bucket, state, "active"));
+        if state != needed {
+            return Err(bucket_state_err(bucket, state, needed.as_str()));
         }
+        Ok((reg, record))
+    }
+
+    /// Starts pausing `bucket` to the archive location `archive`, on the leader: the bucket
+    /// is `Pausing` (writes answer `BucketPaused`) when this returns the operation's id.
+    pub(crate) async fn start_pause(&self, bucket: &str, archive: &str) -> Result<OpId> {
+        let (reg, record) = self
+            .begin_op(bucket, OpKind::Pause, BucketState::Active)
+            .await?;
         let (store, base) = self
             .inner
             .hibernation
@@ -207,15 +222,9 @@ impl Node {
     /// changes state is: the manifest is read, checked against the bucket's record, and the
     /// archive's size against it, and the data directory must have room.
     pub(crate) async fn start_resume(&self, bucket: &str, archive: Option<&str>) -> Result<OpId> {
-        let term = self.leading_term()?;
-        self.linearize(crate::api::Consistency::Linearizable)
-            .await
-            .map_err(|_| Error::NotLeader { leader: None })?;
-        let reg = self.reserve(bucket, OpKind::Resume, term)?;
-        let (state, record) = self.hibernation_of(bucket).await?;
-        if state != BucketState::Paused {
-            return Err(bucket_state_err(bucket, state, "paused"));
-        }
+        let (reg, record) = self
+            .begin_op(bucket, OpKind::Resume, BucketState::Paused)
+            .await?;
         let Some((paused, rev)) = record else {
             return Err(archive_err(format!(
                 "bucket {bucket:?} is paused but has no hibernation record"

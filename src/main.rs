@@ -136,7 +136,19 @@ fn main() -> ExitCode {
                     None => e,
                 });
             match resolved {
-                Ok(config) => serve(config),
+                Ok(config) => match serve(config) {
+                    // A node refused before it started (a setting out of range, a data dir of
+                    // another node or cluster) is a usage error, like a bad flag.
+                    Err(e)
+                        if e.downcast_ref::<metakv::Error>()
+                            .and_then(|e| e.rejection_kind())
+                            == Some(metakv::RejectionKind::Invalid) =>
+                    {
+                        eprintln!("metakv: {e}");
+                        return ExitCode::from(2);
+                    }
+                    other => other,
+                },
                 Err(e) => {
                     eprintln!("metakv: {e}");
                     return ExitCode::from(2);

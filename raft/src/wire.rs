@@ -20,8 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::types::{SnapshotMeta, TypeConfig, Vote};
 
-/// Version of everything in this module. Nodes and clients of other versions are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of everything in this module, and of the services' payloads it carries (the
+/// library's client requests, the GC agents' calls). Nodes and clients of other versions are
+/// refused. 2: a client `Join` carries the joining node's incarnation.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest frame payload: an append of entries with the largest values the store may be
 /// configured for still fits, with room for the envelope.
 pub const FRAME_BYTES_MAX: usize = metakv_store::VALUE_BYTES_MAX_CEILING + (16 << 20);

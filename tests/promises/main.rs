@@ -10,6 +10,7 @@ mod bad_input_is_refused_before_anything_is_written;
 mod check_covers_the_raft_log;
 mod linearizable_read_after_quick_leader_restart;
 mod membership_changes_need_a_live_node;
+mod nodes_started_together_form_one_cluster;
 mod refused_writes_reach_no_log;
 mod thawed_follower_keeps_the_leader;
 mod watch_waits_are_bounded;

@@ -358,6 +358,7 @@ pub trait Kv {
             .request(ClientRequest::Join {
                 id,
                 addr: addr.into(),
+                incarnation: None,
             })
             .await?
         {

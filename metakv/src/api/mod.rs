@@ -73,10 +73,13 @@ pub enum ClientRequest {
     Status,
     /// Every member's status, as each reports it (the answering node asks them).
     ClusterStatus,
-    /// Adds node `id` at `addr`: as a learner, caught up, then as a voter.
+    /// Adds node `id` at `addr`: as a learner, caught up, then as a voter. `incarnation` is
+    /// the joining node's (from its data dir): the same incarnation asking again is answered
+    /// with the join's outcome; `None` (an operator's `add-node`) refuses a voter's id.
     Join {
         id: u64,
         addr: String,
+        incarnation: Option<u64>,
     },
     /// Removes node `id` from the voters.
     Remove {

@@ -41,13 +41,16 @@ use metakv_gc::GcConfig;
 
 mod config;
 mod core;
+mod identity;
+mod membership;
 mod route;
 mod status;
 
 pub use config::{ConfigError, NodeConfig};
 pub(crate) use core::{DRIVER_TICK, blocking_err, next_tick, now_ms};
+pub use identity::{IDENTITY_FILE, Identity, IdentityError};
 pub use route::WATCH_WAIT_MS_MAX;
-use route::{Redirect, redirect};
+use route::{Redirect, leader_only, redirect};
 
 /// A running node. Cloning shares it; [`Node::shutdown`] stops it.
 #[derive(Debug, Clone)]
@@ -58,6 +61,10 @@ pub struct Node {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) id: u64,
+    /// This node's incarnation (its data dir's, see `identity`).
+    incarnation: u64,
+    /// The membership turn: one change at a time on this node (see `membership`).
+    membership: tokio::sync::Mutex<()>,
     addr: String,
     /// The address the listener is bound to (differs from `addr` behind an `advertise`).
     listen_addr: String,
@@ -292,6 +299,7 @@ fn spawn_tasks(
         Arc::downgrade(inner),
         stopped.clone(),
     ));
+    tokio::spawn(membership::drive(Arc::downgrade(inner), stopped.clone()));
     let services = Arc::new(NodeServices(Arc::downgrade(inner)));
     let task = tokio::spawn(serve(
         listener,
@@ -306,10 +314,28 @@ fn spawn_tasks(
 impl Node {
     /// Opens the node's files, starts Raft and the listener, and then: restarts on its files,
     /// or initializes a single-node cluster (new node, no `join`), or joins `join`.
+    ///
+    /// A data dir belongs to the node that first started on it: another `id` or `cluster_id`
+    /// is refused (`Rejected`, kind `Invalid`, naming both) before anything in it is opened
+    /// for writing.
     pub async fn start(config: NodeConfig) -> Result<Node> {
         config
             .validate()
             .map_err(|e| Error::invalid(format!("configuration: {e}")))?;
+        let identity = {
+            let (dir, id, cluster) = (
+                config.data_dir.clone(),
+                config.id,
+                config.cluster_id.clone(),
+            );
+            tokio::task::spawn_blocking(move || identity::claim(&dir, id, &cluster))
+                .await
+                .map_err(blocking_err)?
+                .map_err(|e| match e.is_mismatch() {
+                    true => Error::invalid(e.to_string()),
+                    false => Error::Storage(e.to_string()),
+                })?
+        };
         let (store, log, sm) = open_files(&config).await?;
         let listener = listen(&config.listen)
             .await
@@ -340,6 +366,8 @@ impl Node {
             hibernation: HibernationState::new(config.hibernation.clone()),
             backups: crate::backup::Backups::new(config.data_dir.join(crate::backup::DIR)),
             id: config.id,
+            incarnation: identity.incarnation,
+            membership: tokio::sync::Mutex::new(()),
             addr: addr.clone(),
             listen_addr,
             pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
@@ -368,6 +396,16 @@ impl Node {
             .await
             .map_err(|e| io("reading raft state", &e))?;
         match (&config.join, initialized) {
+            (Some(seed), true) if self.learner_here().await? => {
+                // Its join was under way when it stopped (or its answer was lost): asking
+                // again with the same incarnation finishes it, or answers that it is done.
+                tracing::info!(id = config.id, %addr, %seed, "restarted as a learner; joining again");
+                if let Err(e) = self.join_through(seed).await {
+                    self.shutdown().await;
+                    return Err(e);
+                }
+                tracing::info!(id = config.id, %addr, %seed, "joined the cluster");
+            }
             (_, true) => {
                 tracing::info!(id = config.id, %addr, "node restarted on its files");
                 self.record_own_address().await?;
@@ -427,22 +465,31 @@ impl Node {
             .current_leader(id, "leading alone")
             .await
             .map_err(|e| unavailable(&e))?;
-        self.inner
-            .raft
-            .change_membership(
-                ChangeMembers::SetNodes(BTreeMap::from([(id, NodeAddr { addr: addr.clone() })])),
-                false,
-            )
+        self.set_own_address(addr.clone())
             .await
             .map_err(|e| unavailable(&e))?;
         tracing::info!(id, %addr, was = ?recorded, "recorded this node's address");
         Ok(())
     }
 
+    /// Whether this node's own membership (as loaded from its files) has it as a learner.
+    async fn learner_here(&self) -> Result<bool> {
+        let id = self.inner.id;
+        self.inner
+            .raft
+            .with_raft_state(move |st| {
+                let membership = st.membership_state.effective().membership();
+                membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
+            })
+            .await
+            .map_err(|e| io("reading raft state", &e))
+    }
+
     pub(super) async fn join_through(&self, seed: &str) -> Result<()> {
         let request = ClientRequest::Join {
             id: self.inner.id,
             addr: self.inner.addr.clone(),
+            incarnation: Some(self.inner.incarnation),
         };
         let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout * 6;
         // The joiner is no member yet: it asks as a client does, so that a follower it dials
@@ -454,7 +501,9 @@ impl Node {
                 .await;
             match outcome {
                 Ok(ClientReply::Done) => return Ok(()),
-                Ok(ClientReply::Error(Error::Unavailable(_) | Error::NotLeader { .. }))
+                Ok(ClientReply::Error(
+                    Error::Unavailable(_) | Error::NotLeader { .. } | Error::Busy(_),
+                ))
                 | Err(_)
                     if tokio::time::Instant::now() < deadline =>
                 {

@@ -53,10 +53,10 @@ impl Node {
                     });
                 }
                 Err(Redirect(Some((id, addr)))) if id != self.inner.id => {
-                    // A join waits on the leader for the learner to catch up, up to
-                    // `request_timeout`, and then for its promotion.
+                    // A join waits on the leader for its membership turn and for the learner
+                    // to catch up, each up to `request_timeout`, and then for its promotion.
                     let ttl = match request {
-                        ClientRequest::Join { .. } => self.inner.config.request_timeout * 2,
+                        ClientRequest::Join { .. } => self.inner.config.request_timeout * 3,
                         _ => self.inner.config.request_timeout,
                     };
                     match self.inner.pool.client_call(&addr, &request, ttl).await {
@@ -303,12 +303,12 @@ impl Node {
                     .await
                     .map(|report| ClientReply::Checked(NodeCheck::from_report(node, &report)))
             }
-            ClientRequest::Join { id, addr } => return self.add_member(id, addr).await,
-            ClientRequest::Remove { id } => {
-                return self
-                    .change_members(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
-                    .await;
-            }
+            ClientRequest::Join {
+                id,
+                addr,
+                incarnation,
+            } => return self.join(id, addr, incarnation).await,
+            ClientRequest::Remove { id } => return self.remove(id).await,
             ClientRequest::Write(_)
             | ClientRequest::Get { .. }
             | ClientRequest::Scan { .. }
@@ -317,87 +317,6 @@ impl Node {
             | ClientRequest::Buckets { .. }
             | ClientRequest::Status => unreachable!("answered by try_handle"),
         })
-    }
-
-    /// Proposes a membership change here, or redirects to the leader.
-    pub(super) async fn change_members(
-        &self,
-        change: ChangeMembers<u64, NodeAddr>,
-    ) -> std::result::Result<Result<ClientReply>, Redirect> {
-        match self.inner.raft.change_membership(change, false).await {
-            Ok(_) => Ok(Ok(ClientReply::Done)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(redirect(f.leader_id, f.leader_node))
-            }
-            Err(e) => Ok(Err(Error::Unavailable(e.to_string()))),
-        }
-    }
-
-    /// Adds node `id` at `addr`: a learner first, a voter once it has acknowledged the entry
-    /// that added it. A learner that does not within `request_timeout` is removed again, so a
-    /// node that is not there never counts toward a quorum. An id that is a voter already is
-    /// refused: a node that lost its files must be removed first (its empty log could never
-    /// be caught up as the voter it was, and it may have forgotten its vote).
-    pub(super) async fn add_member(
-        &self,
-        id: u64,
-        addr: String,
-    ) -> std::result::Result<Result<ClientReply>, Redirect> {
-        self.lead_here()?;
-        let raft = &self.inner.raft;
-        let (voter, known) = {
-            let m = raft.metrics().borrow_watched().clone();
-            let membership = m.membership_config.membership();
-            (
-                membership.voter_ids().any(|v| v == id),
-                membership.get_node(&id).map(|n| n.addr.clone()),
-            )
-        };
-        if voter {
-            return Ok(Err(Error::invalid(format!(
-                "node {id} is already a voter (at {}); a node that lost its data dir must be \
-                 removed before it joins again: `metakv cluster remove-node {id}`",
-                known.unwrap_or_default()
-            ))));
-        }
-        let added = match raft
-            .add_learner(id, NodeAddr { addr: addr.clone() }, false)
-            .await
-        {
-            Ok(r) => r.log_id,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                return Err(redirect(f.leader_id, f.leader_node));
-            }
-            Err(e) => return Ok(Err(Error::Unavailable(e.to_string()))),
-        };
-        let bound = self.inner.config.request_timeout;
-        let caught_up = raft
-            .wait(Some(bound))
-            .metrics(
-                |m| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&id).cloned().flatten())
-                        .is_some_and(|matched| matched.index >= added.index)
-                },
-                "the new learner to acknowledge its addition",
-            )
-            .await;
-        if caught_up.is_err() {
-            let removed = raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await;
-            let undo = match removed {
-                Ok(_) => "it was removed again".to_owned(),
-                Err(e) => format!("removing it again failed too: {e}"),
-            };
-            return Ok(Err(Error::Unavailable(format!(
-                "node {id} at {addr} did not catch up within {bound:?} (is it running, and does \
-                 it listen there?); {undo}"
-            ))));
-        }
-        self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
-            .await
     }
 
     /// Passes `request` on to member `node`, for what only that node can answer.

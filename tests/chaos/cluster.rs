@@ -38,7 +38,8 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    /// `n` nodes: slot 0's node initializes the cluster, the others join through its proxy.
+    /// `n` nodes: slot 0's node initializes the cluster, and the others all join through its
+    /// proxy at the same instant (as a `docker compose up` starts them).
     pub async fn start(dir: &Path, n: usize) -> Nodes {
         let disk = Tmpfs::try_mount(&dir.join(format!("slot{DISK_SLOT}")), DISK_BYTES);
         let mut nodes = Nodes {
@@ -48,12 +49,14 @@ impl Nodes {
             next_id: 1,
             disk,
         };
-        for _ in 0..n {
-            nodes
-                .add()
-                .await
-                .expect("a node of the first cluster starts");
-        }
+        nodes
+            .add()
+            .await
+            .expect("the first node of the cluster starts");
+        nodes
+            .add_together(n - 1)
+            .await
+            .expect("the nodes of the first cluster join together");
         nodes
     }
 
@@ -69,32 +72,79 @@ impl Nodes {
 
     /// Starts a new node in a new slot, joining through a member's proxy (none for the first).
     pub async fn add(&mut self) -> Result<usize, String> {
-        let slot = self.slots.len();
-        let advertise = self.net.proxy(slot).await;
-        let id = self.fresh_id();
-        // Chosen before the node starts: its proxy must know where to relay while it joins
-        // (the node prints its address only once it has joined).
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .to_string();
-        self.slots.push(Slot {
-            id,
-            proc: None,
-            listen,
-            advertise,
-            member: false,
-        });
+        Ok(self.add_together(1).await?[0])
+    }
+
+    /// Starts `k` new nodes in new slots at the same instant, each joining through a member's
+    /// proxy (none for the first node of a run); answers their slots once every one has
+    /// joined, or the first failure.
+    pub async fn add_together(&mut self, k: usize) -> Result<Vec<usize>, String> {
         let seed = self
             .members()
             .next()
             .map(|s| self.slots[s].advertise.clone());
-        self.launch(slot, seed)?;
-        Ok(slot)
+        let mut new = Vec::new();
+        for _ in 0..k {
+            let slot = self.slots.len();
+            let advertise = self.net.proxy(slot).await;
+            let id = self.fresh_id();
+            // Chosen before the node starts: its proxy must know where to relay while it
+            // joins (the node prints its address only once it has joined).
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .to_string();
+            self.slots.push(Slot {
+                id,
+                proc: None,
+                listen,
+                advertise,
+                member: false,
+            });
+            new.push(slot);
+        }
+        let launches: Vec<_> = new
+            .iter()
+            .map(|&slot| (slot, self.launch_args(slot, seed.clone())))
+            .collect();
+        let (dir, net, slots) = (&self.dir, &self.net, &self.slots);
+        let started = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = launches
+                    .iter()
+                    .map(|(slot, args)| {
+                        let s = &slots[*slot];
+                        let net = net.clone();
+                        scope.spawn(move || {
+                            let spawned = |pid| net.set_node(*slot, Some(pid), &s.listen);
+                            try_serve_args_then(dir, s.id, args, spawned)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a launching thread does not panic"))
+                    .collect::<Vec<_>>()
+            })
+        });
+        let mut failed = None;
+        for (&slot, proc) in new.iter().zip(started) {
+            match proc {
+                Ok(proc) => {
+                    let s = &mut self.slots[slot];
+                    s.member = true;
+                    s.proc = Some(proc);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(new),
+        }
     }
 
-    /// Starts slot `slot`'s node on its files and addresses, or joining `seed` (a new node).
-    pub fn launch(&mut self, slot: usize, seed: Option<String>) -> Result<(), String> {
+    fn launch_args(&self, slot: usize, seed: Option<String>) -> Vec<String> {
         let s = &self.slots[slot];
         let mut args = vec![
             "--id".to_owned(),
@@ -109,6 +159,13 @@ impl Nodes {
         if let Some(seed) = seed {
             args.extend(["--join".to_owned(), seed]);
         }
+        args
+    }
+
+    /// Starts slot `slot`'s node on its files and addresses, or joining `seed` (a new node).
+    pub fn launch(&mut self, slot: usize, seed: Option<String>) -> Result<(), String> {
+        let args = self.launch_args(slot, seed);
+        let s = &self.slots[slot];
         // The proxies know the process before it dials anyone: a connection it opens while it
         // starts is its own, and is cut like any other.
         let net = self.net.clone();

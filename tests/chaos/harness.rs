@@ -60,8 +60,9 @@ impl Report {
     /// Per fault: the time from the fault to the first acknowledged write invoked after it
     /// began (how long new writes could not go through), and the slowest acknowledged write
     /// invoked after it that completed within 3 s and before the next fault. Writes sent to
-    /// the node the fault struck are left out: a client waits for the node it asked.
-    pub fn unavailability(&self) -> Vec<(&'static str, Duration, Duration)> {
+    /// the node the fault struck are left out: a client waits for the node it asked. The
+    /// first is `None` when no write went through after the fault (printed `-`).
+    pub fn unavailability(&self) -> Vec<(&'static str, Option<Duration>, Duration)> {
         self.faults
             .iter()
             .enumerate()
@@ -82,8 +83,7 @@ impl Report {
                     .iter()
                     .filter(acked)
                     .map(|e| e.completed.saturating_sub(at))
-                    .min()
-                    .unwrap_or(Duration::MAX);
+                    .min();
                 let slowest = self
                     .events
                     .iter()
@@ -681,6 +681,25 @@ async fn inject(
             (
                 None,
                 format!("{kind}: node {id} joined, removed after {held:?}"),
+            )
+        }
+        Fault::JoinTogether { held } => {
+            let slots = nodes.add_together(2).await?;
+            let ids: Vec<u64> = slots.iter().map(|&s| nodes.slots[s].id).collect();
+            tokio::time::sleep(held).await;
+            let (a, b) = tokio::join!(remove(nodes, ids[0]), remove(nodes, ids[1]));
+            a?;
+            b?;
+            for slot in slots {
+                nodes.kill(slot);
+                nodes.slots[slot].member = false;
+            }
+            (
+                None,
+                format!(
+                    "{kind}: nodes {} and {} joined together, removed together after {held:?}",
+                    ids[0], ids[1]
+                ),
             )
         }
         Fault::Replace => {

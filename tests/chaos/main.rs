@@ -40,7 +40,11 @@ fn summary(r: &harness::Report) -> String {
     let unavailable: Vec<String> = r
         .unavailability()
         .iter()
-        .map(|(k, first, slowest)| format!("{k}:{}:{}", first.as_millis(), slowest.as_millis()))
+        .map(|(k, first, slowest)| {
+            // No write went through after the fault before the next one: no measurement.
+            let first = first.map_or_else(|| "-".to_owned(), |f| f.as_millis().to_string());
+            format!("{k}:{first}:{}", slowest.as_millis())
+        })
         .collect();
     format!(
         "seed={} seconds={} ops={} acked_writes={} unknown={} violations={} faults={kinds:?} unavailable_ms={}",

@@ -49,6 +49,11 @@ pub enum Fault {
     AddRemove {
         held: Duration,
     },
+    /// Two new nodes join at the same instant (each join under way while the other's is),
+    /// serve for `held`, and are removed at the same instant.
+    JoinTogether {
+        held: Duration,
+    },
     /// A follower is killed, its data dir wiped, its id removed, and a new node (a new id,
     /// the same addresses) joins in its place.
     Replace,
@@ -103,6 +108,7 @@ impl Fault {
             },
             Fault::Delay { .. } => "delay",
             Fault::AddRemove { .. } => "member-add-remove",
+            Fault::JoinTogether { .. } => "member-join-together",
             Fault::Replace => "member-replace-wiped",
             Fault::Hibernate { .. } => "pause-resume-leader-killed",
             Fault::FullDisk { .. } => "full-disk",
@@ -118,7 +124,7 @@ pub fn schedule(seed: u64, run: Duration) -> Vec<(Duration, Fault)> {
     let end = run.saturating_sub(Duration::from_secs(3));
     while at < end {
         let ms = |rng: &mut Rng, lo, hi| Duration::from_millis(rng.range(lo, hi));
-        let fault = match rng.below(19) {
+        let fault = match rng.below(20) {
             0 => Fault::KillLeader {
                 down: ms(&mut rng, 50, 400),
             },
@@ -161,6 +167,9 @@ pub fn schedule(seed: u64, run: Duration) -> Vec<(Duration, Fault)> {
             17 => Fault::Hibernate {
                 kill_after: ms(&mut rng, 0, 300),
                 down: ms(&mut rng, 50, 1_500),
+            },
+            18 => Fault::JoinTogether {
+                held: ms(&mut rng, 200, 2_000),
             },
             _ => Fault::FullDisk {
                 held: ms(&mut rng, 500, 3_000),

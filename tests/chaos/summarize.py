@@ -32,8 +32,9 @@ def main(paths):
             m = re.search(r"unavailable_ms=(\S*)", line)
             for item in filter(None, (m.group(1) if m else "").split(",")):
                 kind, a, b = item.rsplit(":", 2)
-                # A fault with no write after it within its window has no first write.
-                if int(a) < 2**63:
+                # A fault with no write after it before the next fault has no first write
+                # ("-"; older reports printed an overflowed number).
+                if a != "-" and int(a) < 2**63:
                     first[kind].append(int(a))
                 slowest[kind].append(int(b))
     print(f"{runs} runs: {ops:,} operations, {acked:,} acknowledged writes, "

@@ -219,6 +219,36 @@ async fn nodes_started_together_all_end_as_live_voters() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_joining_through_different_members_at_once_all_end_as_live_voters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = start_together(dir.path(), 3, false);
+    let members: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    let joiners: Vec<_> = (4..=7u64)
+        .map(|id| {
+            let (dir, seed) = (
+                dir.path().to_owned(),
+                members[(id as usize - 4) % 3].clone(),
+            );
+            std::thread::spawn(move || serve_at(&dir, id, "127.0.0.1:0", Some(&seed)))
+        })
+        .collect();
+    for (id, j) in (4..).zip(joiners) {
+        procs.push(
+            j.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("node {id} did not join: {e}")),
+        );
+    }
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    all_live_voters(
+        &addrs,
+        &(1..=7).collect::<Vec<_>>(),
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 /// Every file under `dir`, with its bytes.
 fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut out = Vec::new();

@@ -361,7 +361,7 @@ async fn cluster_command(client: &Client, json: bool, cmd: ClusterCmd) -> Result
                     .iter()
                     .map(|n| match &n.status {
                         Ok(s) => json!({"id": s.id, "addr": s.addr, "role": role(s.role), "applied": s.applied, "committed": s.committed, "file_bytes": s.state_file_bytes + s.log_file_bytes}),
-                        Err(e) => json!({"id": n.member.id, "addr": n.member.addr, "role": "unreachable", "error": e}),
+                        Err(e) => json!({"id": n.member.id, "addr": n.member.addr, "role": "unreachable", "error": e.to_string()}),
                     })
                     .collect();
                 outln!(
@@ -378,7 +378,7 @@ async fn cluster_command(client: &Client, json: bool, cmd: ClusterCmd) -> Result
                     match &n.status {
                         Ok(s) => outln!("{}", status_line(s)),
                         Err(e) => outln!(
-                            "{:>4}  {:<21}  unreachable: {e}",
+                            "{:>4}  {:<21}  unreachable ({e})",
                             n.member.id,
                             n.member.addr
                         ),

@@ -40,7 +40,7 @@ pub use agent::{Agent, AgentAction, Hold, PageQuery, PageRead};
 pub use format::{FormatError, HIBERNATION_RECORD_FORMAT, JOB_RECORD_FORMAT};
 pub use job::{GcConfig, JobId, JobRecord, NodeCompaction, Outcome, PhaseTime, Trigger};
 pub use manager::{Action, Event, Manager, Progress, StartError};
-pub use msg::{AgentReply, AgentRequest};
+pub use msg::{AgentReply, AgentRequest, ProbeError};
 
 /// The GC protocol version this build speaks; the manager starts a job only when every member
 /// speaks at least [`PROTOCOL_MIN`].

@@ -107,7 +107,7 @@ pub enum StartError {
     /// A member did not answer the probe.
     Unreachable {
         node: u64,
-        error: String,
+        error: crate::ProbeError,
     },
 }
 
@@ -280,7 +280,7 @@ impl Manager {
         min_age_ms: u64,
         members: &[u64],
         voters: &[u64],
-        probes: &BTreeMap<u64, Result<u32, String>>,
+        probes: &BTreeMap<u64, Result<u32, crate::ProbeError>>,
     ) -> Result<(JobId, Vec<Action>), StartError> {
         if let Some(job) = self.running() {
             return Err(StartError::AlreadyRunning { job });
@@ -303,7 +303,7 @@ impl Manager {
                 None => {
                     return Err(StartError::Unreachable {
                         node,
-                        error: "not probed".into(),
+                        error: crate::ProbeError::NotProbed,
                     });
                 }
             }

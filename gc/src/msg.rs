@@ -62,3 +62,18 @@ pub enum AgentReply {
         reason: String,
     },
 }
+
+/// Why a member's answer to the GC protocol probe is missing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// The call failed (unreachable, timed out, refused).
+    #[error("no answer: {0}")]
+    Unanswered(String),
+    /// The member answered something other than a probe's reply.
+    #[error("answered {0}")]
+    Unexpected(String),
+    /// The member was not asked (it joined after the probes went out).
+    #[error("not probed")]
+    NotProbed,
+}

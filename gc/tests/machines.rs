@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use metakv_gc::{
     Action, Agent, AgentAction, AgentReply, AgentRequest, Event, GcConfig, JobId, Manager, Outcome,
-    PROTOCOL, StartError, Trigger,
+    PROTOCOL, ProbeError, StartError, Trigger,
 };
 use metakv_store::TombstoneRef;
 
@@ -29,7 +29,7 @@ fn config() -> GcConfig {
     }
 }
 
-fn probes(nodes: &[u64], protocol: u32) -> BTreeMap<u64, Result<u32, String>> {
+fn probes(nodes: &[u64], protocol: u32) -> BTreeMap<u64, Result<u32, ProbeError>> {
     nodes.iter().map(|&n| (n, Ok(protocol))).collect()
 }
 
@@ -339,16 +339,23 @@ fn the_version_gate_and_one_job_at_a_time() {
             protocol: 0
         })
     );
-    p.insert(3, Err("connection refused".into()));
-    assert!(matches!(
+    let refused = ProbeError::Unanswered("connection refused".into());
+    p.insert(3, Err(refused.clone()));
+    assert_eq!(
         m.start(1, Trigger::Demand, false, 0, &[1, 2, 3], &[1, 2, 3], &p),
-        Err(StartError::Unreachable { node: 3, .. })
-    ));
+        Err(StartError::Unreachable {
+            node: 3,
+            error: refused
+        })
+    );
     p.remove(&3);
-    assert!(matches!(
+    assert_eq!(
         m.start(1, Trigger::Demand, false, 0, &[1, 2, 3], &[1, 2, 3], &p),
-        Err(StartError::Unreachable { node: 3, .. })
-    ));
+        Err(StartError::Unreachable {
+            node: 3,
+            error: ProbeError::NotProbed
+        })
+    );
     assert_eq!(m.running(), None);
     let (job, _) = m
         .start(

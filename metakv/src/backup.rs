@@ -32,7 +32,7 @@ use metakv_store::Scope;
 
 use crate::api::BackupInfo;
 use crate::error::{Error, Result};
-use crate::node::{Node, now_ms};
+use crate::node_core::{Core, now_ms};
 
 /// Where a node keeps the backups it holds, in its data dir.
 pub(crate) const DIR: &str = "backups";
@@ -74,7 +74,7 @@ impl Backups {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Held>> {
-        crate::node::lock(&self.open)
+        crate::sync::lock(&self.open)
     }
 
     /// Removes the backups idle for longer than [`IDLE`].
@@ -123,10 +123,10 @@ impl<W: Write> Write for Summing<W> {
     }
 }
 
-impl Node {
-    /// Takes a backup of this node's copy (the caller has made it current) and holds it.
-    pub(crate) async fn backup_begin(&self) -> Result<BackupInfo> {
-        let (backups, node) = (&self.inner.backups, self.inner.id);
+impl Backups {
+    /// Takes a backup of `core`'s copy (the caller has made it current) and holds it.
+    pub(crate) async fn begin(&self, core: &Core) -> Result<BackupInfo> {
+        let (backups, node) = (self, core.id);
         backups.sweep();
         // The slot is taken before the export, so concurrent requests cannot pass the limit.
         let (id, path) = {
@@ -147,7 +147,7 @@ impl Node {
             (id, path)
         };
         let (dir, file) = (backups.dir.clone(), path);
-        let taken = self
+        let taken = core
             .local(move |store| {
                 let io = |e: std::io::Error| metakv_store::Error::Io {
                     doing: "writing a backup",
@@ -207,14 +207,12 @@ impl Node {
     }
 
     /// Up to [`CHUNK_BYTES`] of backup `id` from `offset`.
-    pub(crate) async fn backup_chunk(&self, id: u64, offset: u64) -> Result<Vec<u8>> {
-        let backups = &self.inner.backups;
+    pub(crate) async fn chunk(&self, core: &Core, id: u64, offset: u64) -> Result<Vec<u8>> {
+        let backups = self;
         backups.sweep();
         let (path, bytes) = {
             let mut open = backups.lock();
-            let held = open
-                .get_mut(&id)
-                .ok_or_else(|| unknown(self.inner.id, id))?;
+            let held = open.get_mut(&id).ok_or_else(|| unknown(core.id, id))?;
             held.touched = Instant::now();
             (held.path.clone(), held.bytes)
         };
@@ -235,10 +233,10 @@ impl Node {
     }
 
     /// Removes backup `id`.
-    pub(crate) fn backup_end(&self, id: u64) -> Result<()> {
-        match self.inner.backups.remove(id) {
+    pub(crate) fn end(&self, core: &Core, id: u64) -> Result<()> {
+        match self.remove(id) {
             Some(_) => Ok(()),
-            None => Err(unknown(self.inner.id, id)),
+            None => Err(unknown(core.id, id)),
         }
     }
 }

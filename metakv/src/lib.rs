@@ -6,29 +6,38 @@
 //! - [`metakv_store`]: the record store underneath, usable on its own.
 #![forbid(unsafe_code)]
 
+// The floors, bottom up; nothing imports a floor above its own (`floors` in the tests):
+// sync, error, api, archives, config, pool -> node_core -> drivers (backup, gc, hibernate,
+// snapshots) -> node (the composition root) -> client (a `Kv` over TCP).
+mod archives;
+mod config;
+mod sync;
+
 pub mod api;
-mod backup;
-mod client;
 mod error;
+mod pool;
+
+mod node_core;
+
+mod backup;
 mod gc;
 mod hibernate;
-mod node;
-mod pool;
 mod snapshots;
-mod sync;
+
+mod client;
+mod node;
 
 pub use api::{
     BackupInfo, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, GcStatus,
     HibernationStatus, Kv, Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, OpProgress,
     Role, ScanPage, Watch, WatchEvent,
 };
+pub use archives::{ArchiveError, Archives, UriArchives};
 pub use client::Client;
+pub use config::{ConfigError, HibernationConfig, NodeConfig};
 pub use error::{Error, Result};
-pub use hibernate::{ArchiveError, Archives, HibernationConfig, UriArchives};
 pub use metakv_gc::hibernate::{HibernationRecord, Manifest, OpId, OpKind, Phase};
 pub use metakv_gc::{self as gc_engine, GcConfig, JobId, JobRecord, Outcome as GcOutcome};
 pub use metakv_raft::{Rejection, RejectionKind};
 pub use metakv_store::{self as store, Applied, BucketInfo, BucketState, Expect, Op, Record};
-pub use node::{
-    ConfigError, IDENTITY_FILE, Identity, IdentityError, Node, NodeConfig, WATCH_WAIT_MS_MAX,
-};
+pub use node::{IDENTITY_FILE, Identity, IdentityError, Node, WATCH_WAIT_MS_MAX};

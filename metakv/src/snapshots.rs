@@ -13,7 +13,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 
-use crate::node::{Inner, next_tick};
+use crate::node_core::{Core, next_tick};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -27,13 +27,13 @@ pub(crate) fn next_build(last: u64, period: u64, slot: u64, members: u64) -> u64
 }
 
 /// Triggers this node's snapshots until `stop`.
-pub(crate) async fn drive(node: Weak<Inner>, period: u64, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn drive(core: Weak<Core>, period: u64, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The index a build was asked for, until a snapshot at or above it shows up.
     let mut asked: Option<u64> = None;
-    while let Some(node) = next_tick(&node, &mut tick, &mut stop).await {
-        let m = node.raft().metrics().borrow_watched().clone();
+    while let Some(node) = next_tick(&core, &mut tick, &mut stop).await {
+        let m = node.raft.metrics().borrow_watched().clone();
         let last = m.snapshot.map_or(0, |l| l.index);
         let applied = m.last_applied.map_or(0, |l| l.index);
         if asked.is_some_and(|a| last >= a) {
@@ -41,11 +41,11 @@ pub(crate) async fn drive(node: Weak<Inner>, period: u64, mut stop: watch::Recei
         }
         let membership = m.membership_config.membership();
         let members: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
-        let slot = members.iter().position(|id| *id == node.id()).unwrap_or(0) as u64;
+        let slot = members.iter().position(|id| *id == node.id).unwrap_or(0) as u64;
         let next = next_build(last, period, slot, members.len() as u64);
         if applied >= next && asked.is_none() {
             asked = Some(next);
-            if node.raft().trigger().snapshot().await.is_err() {
+            if node.raft.trigger().snapshot().await.is_err() {
                 break;
             }
         }

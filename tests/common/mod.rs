@@ -154,19 +154,23 @@ impl Drop for Proc {
 
 /// Starts `metakv serve` and reads the address it listens on from its first line.
 pub fn serve(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Proc {
-    let data_dir = dir.join(format!("node{id}"));
+    serve_args(dir, id, &node_args(dir, id, listen, join))
+}
+
+/// `serve`'s arguments for node `id` in `dir/node<id>`, listening on `listen`, joining `join`.
+pub fn node_args(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Vec<String> {
     let mut args = vec![
         "--id".to_owned(),
         id.to_string(),
         "--listen".to_owned(),
         listen.to_owned(),
         "--data-dir".to_owned(),
-        data_dir.display().to_string(),
+        dir.join(format!("node{id}")).display().to_string(),
     ];
     if let Some(seed) = join {
         args.extend(["--join".to_owned(), seed.to_owned()]);
     }
-    serve_args(dir, id, &args)
+    args
 }
 
 /// Starts `metakv serve ARGS`, logging to `dir/node<id>.log`, and reads the address it

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{Proc, serve, try_serve_args, try_serve_args_then};
+use crate::common::{Proc, node_args, serve, try_serve_args, try_serve_args_then};
 use metakv::{Client, ClientReply, ClientRequest, Error, Identity, Kv, Role};
 
 fn client(addr: &str) -> Client {
@@ -32,22 +32,7 @@ fn free_addr() -> String {
 }
 
 fn serve_at(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Result<Proc, String> {
-    try_serve_args(dir, id, &serve_args(dir, id, listen, join))
-}
-
-fn serve_args(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Vec<String> {
-    let mut args = vec![
-        "--id".to_owned(),
-        id.to_string(),
-        "--listen".to_owned(),
-        listen.to_owned(),
-        "--data-dir".to_owned(),
-        dir.join(format!("node{id}")).display().to_string(),
-    ];
-    if let Some(seed) = join {
-        args.extend(["--join".to_owned(), seed.to_owned()]);
-    }
-    args
+    try_serve_args(dir, id, &node_args(dir, id, listen, join))
 }
 
 /// Waits until every node in `addrs` reports the same leader and every one of `ids` is a
@@ -162,7 +147,7 @@ async fn a_joiner_killed_during_its_join_comes_back_as_a_live_voter() {
         let listen = free_addr();
         let (pid_tx, pid_rx) = std::sync::mpsc::channel();
         let joiner = {
-            let args = serve_args(dir.path(), 2, &listen, Some(&one.addr));
+            let args = node_args(dir.path(), 2, &listen, Some(&one.addr));
             let dir = dir.path().to_owned();
             std::thread::spawn(move || {
                 try_serve_args_then(&dir, 2, &args, |pid| pid_tx.send(pid).unwrap())

@@ -146,25 +146,27 @@ pub(crate) struct BackupSummary {
 /// Reads a backup file to its end and checks it: a whole-store archive, every frame's crc, its
 /// `End` counts.
 pub(crate) fn check_file(path: &Path) -> Result<BackupSummary> {
-    check(
-        File::open(path)
-            .map_err(|e| Error::Archive(format!("cannot open {}: {e}", path.display())))?,
-    )
-    .map_err(|e| Error::Archive(format!("{}: {e}", path.display())))
+    let file = File::open(path)
+        .map_err(|e| Error::Archive(format!("cannot open {}: {e}", path.display())))?;
+    check(file).map_err(|e| match e {
+        Error::Archive(why) => Error::Archive(format!("{}: {why}", path.display())),
+        other => other,
+    })
 }
 
-/// The same, of any reader.
-pub(crate) fn check(input: impl Read) -> std::result::Result<BackupSummary, String> {
-    let mut reader = ArchiveReader::open(BufReader::new(input)).map_err(|e| e.to_string())?;
+/// The same, of any reader; `Error::Archive` says what is wrong with it.
+pub(crate) fn check(input: impl Read) -> Result<BackupSummary> {
+    let bad = |e: &dyn std::fmt::Display| Error::Archive(e.to_string());
+    let mut reader = ArchiveReader::open(BufReader::new(input)).map_err(|e| bad(&e))?;
     if reader.scope() != &Scope::Store {
-        return Err("a bucket's archive, not a backup of the whole store".into());
+        return Err(bad(&"a bucket's archive, not a backup of the whole store"));
     }
     let applied = StateMachine::applied_in(reader.meta())
-        .map_err(|e| e.to_string())?
+        .map_err(|e| bad(&e))?
         .0
         .map_or(0, |l| l.index);
     let (mut buckets, mut records) = (0, 0);
-    while let Some(frame) = reader.next().map_err(|e| e.to_string())? {
+    while let Some(frame) = reader.next().map_err(|e| bad(&e))? {
         match frame {
             metakv_store::archive::Frame::Bucket { .. } => buckets += 1,
             metakv_store::archive::Frame::Records { records: r, .. } => records += r.len() as u64,

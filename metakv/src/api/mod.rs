@@ -224,7 +224,9 @@ pub struct ClusterStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberReport {
     pub member: Member,
-    pub status: Result<NodeStatus, String>,
+    /// Its status, or why it could not be had (`Unavailable`: unreachable or no answer in
+    /// time; `Protocol`: an answer that was not a status).
+    pub status: Result<NodeStatus, Error>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

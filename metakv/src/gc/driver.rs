@@ -10,11 +10,11 @@ pub(super) struct View {
     voters: Vec<u64>,
 }
 
-pub(super) fn view(node: &Node) -> View {
-    let m = node.raft().metrics().borrow_watched().clone();
+pub(super) fn view(node: &Gc) -> View {
+    let m = node.core.raft.metrics().borrow_watched().clone();
     let membership = m.membership_config.membership();
     View {
-        leader_term: node.leading().ok(),
+        leader_term: node.core.leading().ok(),
         members: membership
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
@@ -37,7 +37,7 @@ pub(super) enum Step {
         dry_run: bool,
         min_age_ms: u64,
         reply: Option<oneshot::Sender<Result<JobId>>>,
-        probes: BTreeMap<u64, std::result::Result<u32, String>>,
+        probes: BTreeMap<u64, std::result::Result<u32, ProbeError>>,
         members: Vec<u64>,
         voters: Vec<u64>,
     },
@@ -70,14 +70,15 @@ pub(super) struct Driver {
 /// Runs on every node until `stop`: ticks the agent's leases and, while this node leads,
 /// the manager.
 pub(crate) async fn drive(
-    node: Weak<Inner>,
+    core: Weak<Core>,
+    state: Arc<GcState>,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(first) = node.upgrade() else { return };
+    let Some(first) = core.upgrade() else { return };
     let mut d = Driver {
         me: first.id,
-        config: first.gc.config.clone(),
+        config: state.config.clone(),
         manager: None,
         retiring: None,
         starting: false,
@@ -101,8 +102,11 @@ pub(crate) async fn drive(
             Some(s) = d.pending.next(), if !d.pending.is_empty() => Input::Step(s),
             _ = tick.tick() => Input::Tick,
         };
-        let Some(inner) = node.upgrade() else { break };
-        let node = Node { inner };
+        let Some(core) = core.upgrade() else { break };
+        let node = Gc {
+            core,
+            state: Arc::clone(&state),
+        };
         match input {
             Input::Ctl(Ctl::Run {
                 dry_run,
@@ -112,13 +116,13 @@ pub(crate) async fn drive(
             Input::Step(step) => d.step(&node, step),
             Input::Tick => d.tick(&node),
         }
-        *lock(&node.inner.gc.progress) = d.manager.as_ref().and_then(Manager::progress);
+        *lock(&node.state.progress) = d.manager.as_ref().and_then(Manager::progress);
     }
 }
 
 impl Driver {
-    fn tick(&mut self, node: &Node) {
-        let gc = &node.inner.gc;
+    fn tick(&mut self, node: &Gc) {
+        let gc = &node.state;
         if let Some(job) = lock(&gc.agent).tick(gc.mono_ms()) {
             tracing::warn!(%job, "GC lease ran out; the job's hold on this node is dropped");
         }
@@ -163,6 +167,7 @@ impl Driver {
                 let node = node.clone();
                 self.pending.push(Box::pin(async move {
                     let count = node
+                        .core
                         .local(|s| s.read()?.buckets())
                         .await
                         .map(|b| b.iter().map(|(_, i)| i.tombstones).sum())
@@ -174,7 +179,7 @@ impl Driver {
     }
 
     /// Starts a manager when this node becomes leader, retires it when it stops leading.
-    fn follow_leadership(&mut self, node: &Node, v: &View) {
+    fn follow_leadership(&mut self, node: &Gc, v: &View) {
         let now = now_ms();
         let current = self.manager.as_ref().map(Manager::term);
         if current.is_some() && current != v.leader_term {
@@ -193,7 +198,8 @@ impl Driver {
             let node = node.clone();
             self.pending.push(Box::pin(async move {
                 let records = async {
-                    node.linearize(crate::Consistency::Linearizable)
+                    node.core
+                        .linearize(crate::Consistency::Linearizable)
                         .await
                         .map_err(|_| Error::Unavailable("not the leader any more".into()))?;
                     node.gc_records(JANITOR_RECORDS).await
@@ -206,7 +212,7 @@ impl Driver {
 
     fn run(
         &mut self,
-        node: &Node,
+        node: &Gc,
         trigger: Trigger,
         dry_run: bool,
         min_age_ms: Option<u64>,
@@ -218,7 +224,7 @@ impl Driver {
             }
         };
         let Some(m) = &self.manager else {
-            let leader = node.leading().err().and_then(|not| not.leader);
+            let leader = node.core.leading().err().and_then(|not| not.leader);
             return refuse(reply, Error::NotLeader { leader });
         };
         if let Some(job) = m
@@ -248,8 +254,8 @@ impl Driver {
                         .await
                     {
                         Ok(AgentReply::Probe { protocol }) => Ok(protocol),
-                        Ok(other) => Err(format!("answered {other:?}")),
-                        Err(e) => Err(e),
+                        Ok(other) => Err(ProbeError::Unexpected(format!("{other:?}"))),
+                        Err(e) => Err(ProbeError::Unanswered(e.to_string())),
                     };
                     (id, probe)
                 }
@@ -270,7 +276,7 @@ impl Driver {
         }));
     }
 
-    fn step(&mut self, node: &Node, step: Step) {
+    fn step(&mut self, node: &Gc, step: Step) {
         let now = now_ms();
         match step {
             Step::Gc(event) => {
@@ -384,7 +390,7 @@ impl Driver {
     }
 
     /// Carries out the manager's actions; their outcomes come back through `pending`.
-    fn carry_out(&mut self, node: &Node, actions: Vec<Action>) {
+    fn carry_out(&mut self, node: &Gc, actions: Vec<Action>) {
         for action in actions {
             let node = node.clone();
             match action {
@@ -409,7 +415,7 @@ impl Driver {
                 Action::TransferLeader { to } => {
                     tracing::info!(to, "GC hands leadership over before compacting this node");
                     tokio::spawn(async move {
-                        if let Err(e) = node.raft().trigger().transfer_leader(to).await {
+                        if let Err(e) = node.core.raft.trigger().transfer_leader(to).await {
                             tracing::warn!(error = %e, to, "leadership transfer");
                         }
                     });
@@ -430,7 +436,7 @@ impl Driver {
     }
 
     /// Calls node `id`'s agent; the answer comes back as `Reply` or `CallFailed`.
-    fn call(&mut self, node: Node, id: u64, request: AgentRequest) {
+    fn call(&mut self, node: Gc, id: u64, request: AgentRequest) {
         let ttl = match request {
             AgentRequest::Compact { .. } => self.config.compact_timeout_ms,
             _ => self.config.call_timeout_ms,
@@ -448,7 +454,7 @@ impl Driver {
                 Err(error) => Event::CallFailed {
                     job,
                     node: id,
-                    error,
+                    error: error.to_string(),
                 },
             })
         }));
@@ -456,10 +462,10 @@ impl Driver {
 
     /// Proposes a guarded purge on this node; the answer comes back as `Purged` or
     /// `PurgeFailed`.
-    fn purge(&mut self, node: Node, job: JobId, items: Vec<metakv_store::TombstoneRef>) {
+    fn purge(&mut self, node: Gc, job: JobId, items: Vec<metakv_store::TombstoneRef>) {
         let ttl = Duration::from_millis(self.config.call_timeout_ms);
         self.pending.push(Box::pin(async move {
-            let write = node.propose_here(Op::Purge { items }, Some(ttl)).await;
+            let write = node.core.propose_here(Op::Purge { items }, Some(ttl)).await;
             Step::Gc(match write {
                 Ok(metakv_store::Applied::Purged { purged, skipped }) => Event::Purged {
                     job,

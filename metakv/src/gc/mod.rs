@@ -4,7 +4,7 @@
 //! job records in `_sys`, the leadership handoff) and feeds their outcomes back as events.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -12,14 +12,15 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use metakv_gc::{
     Action, Agent, AgentAction, AgentReply, AgentRequest, Event, GcConfig, JOB_KEY_PREFIX, JobId,
-    JobRecord, Manager, Outcome, Progress, SERVICE, Trigger,
+    JobRecord, Manager, Outcome, ProbeError, Progress, SERVICE, Trigger,
 };
 use metakv_store::{Expect, Op, SYS_BUCKET, Scan, TombstoneQuery};
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
-use crate::node::{DRIVER_TICK, Inner, Node, lock, now_ms};
+use crate::node_core::{Core, DRIVER_TICK, now_ms};
+use crate::sync::lock;
 
 mod driver;
 
@@ -113,11 +114,18 @@ impl GcState {
     }
 }
 
-impl Node {
+/// GC on one node: the node core and the node's GC state. Cloning shares both.
+#[derive(Debug, Clone)]
+pub(crate) struct Gc {
+    pub(crate) core: Arc<Core>,
+    pub(crate) state: Arc<GcState>,
+}
+
+impl Gc {
     /// Answers one call of the `gc` service: the agent's part of a job.
     pub(crate) async fn agent_call(&self, request: AgentRequest) -> AgentReply {
-        let gc = &self.inner.gc;
-        let action = lock(&gc.agent).request(gc.mono_ms(), self.applied_index(), request);
+        let gc = &self.state;
+        let action = lock(&gc.agent).request(gc.mono_ms(), self.core.applied_index(), request);
         match action {
             AgentAction::Reply(reply) => reply,
             AgentAction::ReadPage(q) => {
@@ -129,6 +137,7 @@ impl Node {
                     pins: gc.pins_now(),
                 };
                 let page = self
+                    .core
                     .local(move |s| s.read()?.tombstones(&query))
                     .await
                     .map(|p| (p.items, p.next))
@@ -136,21 +145,10 @@ impl Node {
                 lock(&gc.agent).page_read(q.job, page)
             }
             AgentAction::Compact { job } => {
-                let report = self.compact_state().await.map(|r| (r.0, r.1));
+                let report = self.core.compact_state().await;
                 lock(&gc.agent).compacted(job, report.map_err(|e| e.to_string()))
             }
         }
-    }
-
-    /// Compacts `state.redb` (rebuilds it; see `Store::compact`). Every request that needs the
-    /// store waits for it on the store's lock (none fails); Raft keeps running and applies what
-    /// it missed afterwards.
-    pub(crate) async fn compact_state(&self) -> Result<(u64, u64)> {
-        self.exclusive(|store| {
-            store.sync()?;
-            store.compact().map(|r| (r.bytes_before, r.bytes_after))
-        })
-        .await
     }
 
     /// The last `limit` job records in `_sys`, newest first, as this node has them.
@@ -160,6 +158,7 @@ impl Node {
             ..Scan::prefix(JOB_KEY_PREFIX)
         };
         let page = self
+            .core
             .local(move |s| s.read()?.scan(SYS_BUCKET, &scan))
             .await?;
         page.items
@@ -170,7 +169,7 @@ impl Node {
             .collect()
     }
 
-    /// Writes a job's record, on this node only (see [`Node::propose_here`]).
+    /// Writes a job's record, on this node only (see [`Core::propose_here`]).
     async fn write_record(&self, record: &JobRecord) -> Result<()> {
         let op = Op::Put {
             bucket: SYS_BUCKET.into(),
@@ -178,7 +177,8 @@ impl Node {
             value: record.encode(),
             expect: Expect::Any,
         };
-        self.propose_here(op, Some(self.inner.config.request_timeout))
+        self.core
+            .propose_here(op, Some(self.core.config.request_timeout))
             .await
             .map(|_| ())
     }
@@ -189,25 +189,26 @@ impl Node {
         addr: Option<String>,
         request: AgentRequest,
         ttl: Duration,
-    ) -> std::result::Result<AgentReply, String> {
-        if node == self.id() {
+    ) -> Result<AgentReply> {
+        if node == self.core.id {
             return tokio::time::timeout(ttl, self.agent_call(request))
                 .await
-                .map_err(|_| format!("no answer within {ttl:?}"));
+                .map_err(|_| Error::Unavailable(format!("no answer within {ttl:?}")));
         }
-        let addr = addr.ok_or_else(|| format!("node {node} is not a member"))?;
-        self.inner
+        let addr =
+            addr.ok_or_else(|| Error::Unavailable(format!("node {node} is not a member")))?;
+        self.core
             .pool
             .service_call(&addr, SERVICE, &request, ttl)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(crate::pool::unavailable)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Kv, NodeConfig};
+    use crate::{Kv, Node, NodeConfig};
 
     fn config(dir: &std::path::Path, id: u64, join: Option<String>) -> NodeConfig {
         let mut c = NodeConfig::new(id, dir.join(format!("node{id}")), "127.0.0.1:0");
@@ -240,7 +241,7 @@ mod tests {
             vec![1, 2],
             0,
         );
-        let written = follower.write_record(&record).await;
+        let written = follower.inner.gc.write_record(&record).await;
         assert!(
             matches!(written, Err(Error::NotLeader { .. })),
             "a follower's job record answered {written:?}"

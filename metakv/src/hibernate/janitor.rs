@@ -3,11 +3,12 @@
 
 use super::*;
 
-impl Node {
+impl Hibernation {
     /// The janitor: looks at every bucket not in `Active` and repairs what no operation of
     /// this leader is running on.
     pub(super) async fn run_janitor(&self) -> Result<()> {
-        self.linearize(crate::api::Consistency::Linearizable)
+        self.core
+            .linearize(crate::api::Consistency::Linearizable)
             .await
             .map_err(|_| Error::NotLeader { leader: None })?;
         let scan = Scan {
@@ -15,6 +16,7 @@ impl Node {
             ..Scan::prefix(HIBERNATION_KEY_PREFIX)
         };
         let (buckets, records) = self
+            .core
             .local(move |s| {
                 let view = s.read()?;
                 let mut records = Vec::new();
@@ -42,10 +44,7 @@ impl Node {
                 }
             }
         }
-        let running: Vec<String> = lock(&self.inner.hibernation.running)
-            .keys()
-            .cloned()
-            .collect();
+        let running: Vec<String> = lock(&self.state.running).keys().cloned().collect();
         let seen: Vec<Seen> = buckets
             .into_iter()
             .filter(|(name, info)| name != SYS_BUCKET && info.state != BucketState::Active)
@@ -63,7 +62,7 @@ impl Node {
     }
 
     pub(super) async fn repair(&self, repair: Repair) {
-        let archives = &self.inner.hibernation.config.archives;
+        let archives = &self.state.config.archives;
         match repair {
             Repair::RollBackPause {
                 bucket,

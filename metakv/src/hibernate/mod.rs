@@ -8,7 +8,8 @@
 //! (`file:///dir` or a plain path) or, built with the `s3` feature, an S3-compatible store
 //! (`s3://bucket/prefix`, configured from the usual `AWS_*` environment variables).
 //!
-//! - `archives`: where archive locations lead ([`Archives`], [`UriArchives`]);
+//! - `archives`: the objects of an operation's archive under its location (where locations
+//!   lead, [`Archives`] and [`UriArchives`], is `crate::archives`, below the node);
 //! - `stream`: bytes between the store's archive format and an object store;
 //! - `ops`: a pause and a resume, step by step;
 //! - `janitor`: the repairs of what a crash or a leader change interrupted;
@@ -36,14 +37,15 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::{HibernationStatus, OpProgress};
 use crate::error::{Error, Result};
-use crate::node::{DRIVER_TICK, Inner, Node, lock, next_tick, now_ms};
+use crate::node_core::{Core, DRIVER_TICK, next_tick, now_ms};
+use crate::sync::lock;
 
 mod archives;
 mod janitor;
 mod ops;
 mod stream;
 
-pub use archives::{ArchiveError, Archives, UriArchives};
+use crate::config::HibernationConfig;
 use archives::{delete_objects, objects};
 use stream::{Handoff, download, read_archive};
 
@@ -55,25 +57,6 @@ pub(super) const RESTORES_IN_FLIGHT: usize = 4;
 /// Size of each part of a multipart upload (S3 wants at least 5 MiB).
 pub(super) const PART_BYTES: usize = 8 << 20;
 
-/// Hibernation settings; [`HibernationConfig::default`] gives the documented defaults.
-#[derive(Debug, Clone)]
-pub struct HibernationConfig {
-    /// The janitor runs this often on the leader (and whenever a node becomes leader); 0 runs
-    /// it only on leadership changes.
-    pub janitor_interval_ms: u64,
-    /// Where archive locations lead.
-    pub archives: Arc<dyn Archives>,
-}
-
-impl Default for HibernationConfig {
-    fn default() -> Self {
-        HibernationConfig {
-            janitor_interval_ms: 60_000,
-            archives: Arc::new(UriArchives),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub(super) struct Running {
     op: OpId,
@@ -84,7 +67,7 @@ pub(super) struct Running {
 /// The hibernation state every node keeps (used while it leads).
 #[derive(Debug)]
 pub(crate) struct HibernationState {
-    config: HibernationConfig,
+    pub(crate) config: HibernationConfig,
     running: Mutex<BTreeMap<String, Running>>,
     seq: AtomicU64,
 }
@@ -117,15 +100,15 @@ impl HibernationState {
 /// Removes a bucket's entry from the running map when dropped, so that a task that ends in
 /// any way (done, failed, aborted) frees its bucket.
 pub(super) struct Registration {
-    node: Weak<Inner>,
+    state: Weak<HibernationState>,
     bucket: String,
     op: OpId,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(inner) = self.node.upgrade() {
-            let mut running = lock(&inner.hibernation.running);
+        if let Some(state) = self.state.upgrade() {
+            let mut running = lock(&state.running);
             if running.get(&self.bucket).is_some_and(|r| r.op == self.op) {
                 running.remove(&self.bucket);
             }
@@ -139,23 +122,27 @@ pub(super) fn archive_err(e: impl std::fmt::Display) -> Error {
 
 /// Runs on every node until `stop`: aborts the operations of a leadership this node lost,
 /// and runs the janitor when it starts leading and every `janitor_interval_ms` while it leads.
-pub(crate) async fn drive(node: Weak<Inner>, mut stop: watch::Receiver<bool>) {
-    let Some(first) = node.upgrade() else { return };
-    let interval = first.hibernation.config.janitor_interval_ms;
-    drop(first);
+pub(crate) async fn drive(
+    core: Weak<Core>,
+    state: Arc<HibernationState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = state.config.janitor_interval_ms;
     let mut tick = tokio::time::interval(DRIVER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut led: Option<u64> = None;
     let mut last_janitor = tokio::time::Instant::now();
     // Whether the janitor must run on the next tick: a new leadership, or a run that failed.
     let mut janitor_due = false;
-    while let Some(node) = next_tick(&node, &mut tick, &mut stop).await {
+    while let Some(core) = next_tick(&core, &mut tick, &mut stop).await {
+        let node = Hibernation {
+            core,
+            state: Arc::clone(&state),
+        };
         let term = node.leading_term().ok();
         if term != led {
             if led.is_some() {
-                node.inner
-                    .hibernation
-                    .abort_all("this node no longer leads");
+                state.abort_all("this node no longer leads");
             }
             led = term;
             janitor_due = term.is_some();
@@ -177,15 +164,21 @@ pub(crate) async fn drive(node: Weak<Inner>, mut stop: watch::Receiver<bool>) {
             };
         }
     }
-    if let Some(inner) = node.upgrade() {
-        inner.hibernation.abort_all("the node stops");
-    }
+    state.abort_all("the node stops");
 }
 
-impl Node {
+/// Hibernation on one node: the node core and the node's hibernation state. Cloning shares
+/// both.
+#[derive(Debug, Clone)]
+pub(crate) struct Hibernation {
+    pub(crate) core: Arc<Core>,
+    pub(crate) state: Arc<HibernationState>,
+}
+
+impl Hibernation {
     /// This node's term if it leads; `NotLeader` otherwise.
     pub(super) fn leading_term(&self) -> Result<u64> {
-        self.leading().map_err(Error::from)
+        self.core.leading().map_err(Error::from)
     }
 
     /// Proposes a hibernation step; `Ok(rev)` of the new record, or `Busy` when the record
@@ -199,6 +192,7 @@ impl Node {
         expect: Expect,
     ) -> Result<u64> {
         match self
+            .core
             .propose_here(
                 Op::Hibernate {
                     bucket: bucket.to_owned(),
@@ -231,6 +225,7 @@ impl Node {
     ) -> Result<(BucketState, Option<(HibernationRecord, u64)>)> {
         let b = bucket.to_owned();
         let (state, record) = self
+            .core
             .local(move |s| {
                 let view = s.read()?;
                 let state = view.bucket(&b)?.state;
@@ -246,7 +241,7 @@ impl Node {
 
     /// Reserves `bucket` for a new operation of this leader.
     pub(super) fn reserve(&self, bucket: &str, kind: OpKind, term: u64) -> Result<Registration> {
-        let mut running = lock(&self.inner.hibernation.running);
+        let mut running = lock(&self.state.running);
         if let Some(r) = running.get(bucket) {
             return Err(Error::Busy(format!(
                 "a {} of bucket {bucket:?} is running: op {}",
@@ -256,7 +251,7 @@ impl Node {
         }
         let op = OpId {
             term,
-            seq: self.inner.hibernation.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            seq: self.state.seq.fetch_add(1, Ordering::Relaxed) + 1,
         };
         running.insert(
             bucket.to_owned(),
@@ -275,14 +270,14 @@ impl Node {
             },
         );
         Ok(Registration {
-            node: Arc::downgrade(&self.inner),
+            state: Arc::downgrade(&self.state),
             bucket: bucket.to_owned(),
             op,
         })
     }
 
     pub(super) fn progress_of(&self, reg: &Registration) -> Arc<Mutex<OpProgress>> {
-        let running = lock(&self.inner.hibernation.running);
+        let running = lock(&self.state.running);
         Arc::clone(&running.get(&reg.bucket).expect("reserved").progress)
     }
 
@@ -297,7 +292,7 @@ impl Node {
             let _reg = reg;
             work.await;
         });
-        if let Some(r) = lock(&self.inner.hibernation.running).get_mut(&bucket) {
+        if let Some(r) = lock(&self.state.running).get_mut(&bucket) {
             r.task = Some(task.abort_handle());
         }
     }

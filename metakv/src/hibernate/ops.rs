@@ -16,7 +16,7 @@ pub(super) fn bucket_state_err(bucket: &str, state: BucketState, needed: &str) -
     })
 }
 
-impl Node {
+impl Hibernation {
     /// What a pause and a resume check first, on the leader: this node leads (and has
     /// applied everything committed before), no operation runs on `bucket`, and the bucket is
     /// in `needed`. Answers the operation's registration and the bucket's record.
@@ -27,7 +27,8 @@ impl Node {
         needed: BucketState,
     ) -> Result<(Registration, Option<(HibernationRecord, u64)>)> {
         let term = self.leading_term()?;
-        self.linearize(crate::api::Consistency::Linearizable)
+        self.core
+            .linearize(crate::api::Consistency::Linearizable)
             .await
             .map_err(|_| Error::NotLeader { leader: None })?;
         let reg = self.reserve(bucket, kind, term)?;
@@ -45,8 +46,7 @@ impl Node {
             .begin_op(bucket, OpKind::Pause, BucketState::Active)
             .await?;
         let (store, base) = self
-            .inner
-            .hibernation
+            .state
             .config
             .archives
             .open(archive, true)
@@ -93,7 +93,7 @@ impl Node {
         let (tx, mut rx) = mpsc::channel::<Bytes>(2);
         let scope = Scope::Bucket(bucket.to_owned());
         let p = Arc::clone(progress);
-        let export = self.local(move |s| {
+        let export = self.core.local(move |s| {
             let out = Handoff {
                 tx,
                 buf: Vec::with_capacity(HANDOFF_BYTES),
@@ -178,8 +178,7 @@ impl Node {
             )));
         }
 
-        self.inner
-            .hibernation
+        self.state
             .config
             .archives
             .make_durable(
@@ -237,8 +236,7 @@ impl Node {
         };
         let location = archive.unwrap_or(&paused.archive);
         let (store, base) = self
-            .inner
-            .hibernation
+            .state
             .config
             .archives
             .open(location, false)
@@ -264,7 +262,7 @@ impl Node {
         // A restored record takes about twice its archived size in the store (its row and
         // its change entry), plus room for the B-trees to grow.
         let need = manifest.bytes.saturating_mul(3);
-        if let Some(free) = free_bytes(&self.inner.config.data_dir)
+        if let Some(free) = free_bytes(&self.core.config.data_dir)
             && free < need
         {
             return Err(archive_err(format!(
@@ -323,7 +321,7 @@ impl Node {
                 chunks
                     .map(|records| {
                         // As long as Raft takes: a chunk is never left half-known.
-                        self.propose_here(
+                        self.core.propose_here(
                             Op::Restore {
                                 bucket: bucket.to_owned(),
                                 records,
@@ -400,7 +398,7 @@ impl Node {
             bucket: bucket.to_owned(),
             state,
             record: record.map(|(r, _)| r),
-            running: self.inner.hibernation.progress(bucket),
+            running: self.state.progress(bucket),
         })
     }
 }

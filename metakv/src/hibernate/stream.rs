@@ -39,7 +39,8 @@ impl Write for Handoff {
 
 /// A `Read` for a blocking thread over an object's byte stream.
 pub(super) struct Download {
-    rx: mpsc::Receiver<std::result::Result<Bytes, String>>,
+    path: ObjectPath,
+    rx: mpsc::Receiver<std::result::Result<Bytes, object_store::Error>>,
     cur: Bytes,
 }
 
@@ -49,7 +50,9 @@ impl Read for Download {
             match self.rx.blocking_recv() {
                 None => return Ok(0),
                 Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                Some(Err(e)) => {
+                    return Err(std::io::Error::other(format!("reading {}: {e}", self.path)));
+                }
             }
         }
         let n = out.len().min(self.cur.len());
@@ -68,7 +71,6 @@ pub(super) async fn download(store: Arc<dyn ObjectStore>, path: ObjectPath) -> R
     tokio::spawn(async move {
         let mut stream = got.into_stream();
         while let Some(item) = stream.next().await {
-            let item = item.map_err(|e| format!("reading {path}: {e}"));
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
                 break;
@@ -76,6 +78,7 @@ pub(super) async fn download(store: Arc<dyn ObjectStore>, path: ObjectPath) -> R
         }
     });
     Ok(Download {
+        path,
         rx,
         cur: Bytes::new(),
     })
@@ -91,15 +94,19 @@ pub(super) async fn read_archive(
     progress: Arc<Mutex<OpProgress>>,
 ) -> Result<()> {
     let name = bucket.clone();
-    tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
+    // Every failure is the archive's, named with its bucket.
+    let bad = move |e: &dyn std::fmt::Display| {
+        archive_err(format!("the archive of bucket {name:?}: {e}"))
+    };
+    tokio::task::spawn_blocking(move || -> Result<()> {
         let mut reader =
-            ArchiveReader::open(std::io::BufReader::new(download)).map_err(|e| e.to_string())?;
+            ArchiveReader::open(std::io::BufReader::new(download)).map_err(|e| bad(&e))?;
         if *reader.scope() != Scope::Bucket(bucket.clone()) {
-            return Err(format!("not an archive of bucket {bucket:?}"));
+            return Err(bad(&"not an archive of that bucket"));
         }
         let rev = reader.rev();
         let (mut chunks, mut records) = (0usize, 0u64);
-        while let Some(frame) = reader.next().map_err(|e| e.to_string())? {
+        while let Some(frame) = reader.next().map_err(|e| bad(&e))? {
             let Frame::Records { records: rs, .. } = frame else {
                 continue;
             };
@@ -114,7 +121,7 @@ pub(super) async fn read_archive(
                         crc32,
                     },
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| bad(&e))?;
             chunks += 1;
             records += n;
             {
@@ -123,14 +130,13 @@ pub(super) async fn read_archive(
                 p.bytes += bytes;
             }
             if each.blocking_send(rs).is_err() {
-                return Err("stopped".to_owned());
+                return Err(bad(&"its reader stopped"));
             }
         }
         manifest
             .check_end(rev, chunks, records)
-            .map_err(|e| e.to_string())
+            .map_err(|e| bad(&e))
     })
     .await
     .map_err(|e| Error::Storage(format!("archive reader: {e}")))?
-    .map_err(|e| archive_err(format!("the archive of bucket {name:?}: {e}")))
 }

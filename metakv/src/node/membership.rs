@@ -77,7 +77,7 @@ impl Node {
     /// Waits (at most `request_timeout`) for this node's membership turn: no other change
     /// runs on this node until the guard drops.
     async fn membership_turn(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
-        let bound = self.inner.config.request_timeout;
+        let bound = self.inner.core.config.request_timeout;
         tokio::time::timeout(bound, self.inner.membership.lock())
             .await
             .map_err(|_| {
@@ -87,8 +87,22 @@ impl Node {
             })
     }
 
+    /// On the leader: its membership turn, with any joint config settled; the leader to ask
+    /// if this node does not lead (before or after the wait).
+    async fn leader_turn(
+        &self,
+    ) -> std::result::Result<Result<tokio::sync::MutexGuard<'_, ()>>, Redirect> {
+        self.lead_here()?;
+        let turn = match self.membership_turn().await {
+            Ok(turn) => turn,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.lead_here()?;
+        Ok(self.settle().await.map(|()| turn))
+    }
+
     fn standing(&self, id: u64) -> Standing {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let m = self.inner.core.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let addr = membership.get_node(&id).map(|n| n.addr.clone());
         match (membership.voter_ids().any(|v| v == id), addr) {
@@ -99,7 +113,7 @@ impl Node {
     }
 
     fn joint(&self) -> bool {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let m = self.inner.core.raft.metrics().borrow_watched().clone();
         m.membership_config.membership().get_joint_config().len() > 1
     }
 
@@ -108,9 +122,11 @@ impl Node {
         &self,
         id: u64,
     ) -> std::result::Result<Result<Option<MemberRecord>>, Redirect> {
-        self.linearize(Consistency::Linearizable).await?;
+        self.inner.core.linearize(Consistency::Linearizable).await?;
         let key = member_key(id);
         let read = self
+            .inner
+            .core
             .local(move |s| s.read()?.get(SYS_BUCKET, &key, false))
             .await;
         Ok(read.and_then(|r| r.map(|r| MemberRecord::decode(id, &r.value)).transpose()))
@@ -123,7 +139,9 @@ impl Node {
             value: record.encode(),
             expect: metakv_store::Expect::Any,
         };
-        self.propose_here(op, Some(self.inner.config.request_timeout))
+        self.inner
+            .core
+            .propose_here(op, Some(self.inner.core.config.request_timeout))
             .await
             .map(|_| ())
     }
@@ -132,15 +150,10 @@ impl Node {
     /// acknowledged the entry that added it. A learner that does not within `request_timeout`
     /// is removed again, so a node that is not there never counts toward a quorum.
     pub(super) async fn join(&self, id: u64, addr: String, incarnation: Option<u64>) -> Answer {
-        self.lead_here()?;
-        let _turn = match self.membership_turn().await {
+        let _turn = match self.leader_turn().await? {
             Ok(turn) => turn,
             Err(e) => return Ok(Err(e)),
         };
-        self.lead_here()?;
-        if let Err(e) = self.settle().await {
-            return Ok(Err(e));
-        }
         let standing = self.standing(id);
         if let Standing::Voter(known) = &standing {
             let record = match self.member_record(id).await? {
@@ -171,7 +184,7 @@ impl Node {
                 return leader_only(Err(e));
             }
         }
-        let raft = &self.inner.raft;
+        let raft = &self.inner.core.raft;
         let added = match raft
             .add_learner(id, NodeAddr { addr: addr.clone() }, false)
             .await
@@ -182,7 +195,7 @@ impl Node {
             }
             Err(e) => return Ok(Err(self.settled(e.to_string()).await)),
         };
-        let bound = self.inner.config.request_timeout;
+        let bound = self.inner.core.config.request_timeout;
         let caught_up = raft
             .wait(Some(bound))
             .metrics(
@@ -237,15 +250,10 @@ impl Node {
 
     /// Removes node `id` from the voters (and from the members).
     pub(super) async fn remove(&self, id: u64) -> Answer {
-        self.lead_here()?;
-        let _turn = match self.membership_turn().await {
+        let _turn = match self.leader_turn().await? {
             Ok(turn) => turn,
             Err(e) => return Ok(Err(e)),
         };
-        self.lead_here()?;
-        if let Err(e) = self.settle().await {
-            return Ok(Err(e));
-        }
         self.change(
             ChangeMembers::RemoveVoters(BTreeSet::from([id])),
             |s| !matches!(s, Standing::Voter(_)),
@@ -257,8 +265,9 @@ impl Node {
     /// Records this node's own address (see [`Node::record_own_address`]), in its turn.
     pub(super) async fn set_own_address(&self, addr: String) -> Result<()> {
         let _turn = self.membership_turn().await?;
-        let id = self.inner.id;
+        let id = self.inner.core.id;
         self.inner
+            .core
             .raft
             .change_membership(
                 ChangeMembers::SetNodes(BTreeMap::from([(id, NodeAddr { addr })])),
@@ -278,7 +287,7 @@ impl Node {
         done: impl Fn(&Standing) -> bool,
         id: u64,
     ) -> Answer {
-        match self.inner.raft.change_membership(change, false).await {
+        match self.inner.core.raft.change_membership(change, false).await {
             Ok(_) => Ok(Ok(ClientReply::Done)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(redirect(f.leader_id, f.leader_node))
@@ -306,11 +315,12 @@ impl Node {
     /// leader left), if this node leads: openraft flattens it toward its last half. The caller
     /// holds the turn.
     async fn settle(&self) -> Result<()> {
-        if !self.joint() || self.leading().is_err() {
+        if !self.joint() || self.inner.core.leading().is_err() {
             return Ok(());
         }
         match self
             .inner
+            .core
             .raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::new()), false)
             .await
@@ -331,8 +341,14 @@ impl Node {
 pub(super) async fn drive(node: Weak<Inner>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(DRIVER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while let Some(node) = next_tick(&node, &mut tick, &mut stop).await {
-        if !node.joint() || node.leading().is_err() {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(inner) = node.upgrade() else { return };
+        let node = Node { inner };
+        if !node.joint() || node.inner.core.leading().is_err() {
             continue;
         }
         let Ok(_turn) = node.inner.membership.try_lock() else {

@@ -1,56 +1,53 @@
 //! [`Node`]: one metakv node inside an application.
 //!
-//! - `config`: [`NodeConfig`] and its checks;
+//! The composition root: it builds the node core (`crate::node_core`) and the drivers that
+//! take it (GC, hibernation, backups, snapshots), and nothing below imports it.
+//!
 //! - this file: the node's parts, start (restart, a new cluster, or a join) and shutdown;
-//! - `core`: what every driver uses: proposals, leadership, local and exclusive access to the
-//!   store, the read index;
+//! - `identity`: which node of which cluster a data dir belongs to;
+//! - `membership`: joins, promotions, removals, one at a time;
 //! - `route`: client requests, answered here or through the leader;
 //! - `status`: what this node and the cluster report.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use metakv_raft::candidacy::{Candidacy, LeaderContact, stand_promptly};
 use metakv_raft::network::Network;
 use metakv_raft::restore;
 use metakv_raft::server::{ServerConfig, Services, serve};
-use metakv_raft::{
-    Command, LogClosed, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine,
-};
+use metakv_raft::{LogClosed, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine};
 use metakv_store::{Changes, Op, SYS_BUCKET, Scan, Store};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{
     CLIENT_SERVICE, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, GcStatus,
-    Kv, Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage, applied,
+    Kv, Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, Role, ScanPage,
 };
+use crate::backup::Backups;
 use crate::error::{Error, Result};
-use crate::gc::GcState;
-use crate::hibernate::{HibernationConfig, HibernationState};
+use crate::gc::{Gc, GcState};
+use crate::hibernate::{Hibernation, HibernationState};
+use crate::node_core::{Core, DRIVER_TICK, Redirect, blocking_err, redirect};
 use crate::pool::{Pool, unavailable};
-pub(crate) use crate::sync::lock;
-use metakv_gc::GcConfig;
+use crate::sync::lock;
 
-mod config;
-mod core;
 mod identity;
 mod membership;
 mod route;
 mod status;
 
-pub use config::{ConfigError, NodeConfig};
-pub(crate) use core::{DRIVER_TICK, blocking_err, next_tick, now_ms};
+pub use crate::config::NodeConfig;
 pub use identity::{IDENTITY_FILE, Identity, IdentityError};
 pub use route::WATCH_WAIT_MS_MAX;
-use route::{Redirect, leader_only, redirect};
+use route::leader_only;
 
 /// A running node. Cloning shares it; [`Node::shutdown`] stops it.
 #[derive(Debug, Clone)]
@@ -60,7 +57,8 @@ pub struct Node {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) id: u64,
+    /// What the drivers share (id, settings, Raft, the store, the pool).
+    core: Arc<Core>,
     /// This node's incarnation (its data dir's, see `identity`).
     incarnation: u64,
     /// The membership turn: one change at a time on this node (see `membership`).
@@ -68,15 +66,11 @@ pub(crate) struct Inner {
     addr: String,
     /// The address the listener is bound to (differs from `addr` behind an `advertise`).
     listen_addr: String,
-    pub(crate) config: NodeConfig,
-    raft: Raft,
-    pub(crate) store: SharedStore,
     log_stats: Arc<LogStats>,
     log_closed: LogClosed,
-    pub(crate) pool: Pool,
-    pub(crate) gc: GcState,
-    pub(crate) hibernation: HibernationState,
-    pub(crate) backups: crate::backup::Backups,
+    pub(crate) gc: Gc,
+    hibernation: Hibernation,
+    backups: Backups,
     stop: watch::Sender<bool>,
     /// Why the node stopped by itself (a storage failure), once it has.
     failure: watch::Sender<Option<String>>,
@@ -101,7 +95,7 @@ impl Services for NodeServices {
             if service == metakv_gc::SERVICE {
                 let request: metakv_gc::AgentRequest = postcard::from_bytes(&payload)
                     .map_err(|e| format!("undecodable GC request: {e}"))?;
-                let reply = node.agent_call(request).await;
+                let reply = node.inner.gc.agent_call(request).await;
                 return Ok(postcard::to_stdvec(&reply).expect("GC replies encode"));
             }
             if service != CLIENT_SERVICE {
@@ -170,7 +164,7 @@ async fn stop_on_failure(node: Weak<Inner>, raft: Raft, mut stop: watch::Receive
         return;
     };
     tracing::error!(
-        id = inner.id,
+        id = inner.core.id,
         error = %why,
         "node stopped after a storage failure; nothing it acknowledged is lost: remove the \
          cause (free disk space) and restart it on its files"
@@ -261,8 +255,9 @@ fn spawn_tasks(
     gc_ctl: tokio::sync::mpsc::UnboundedReceiver<crate::gc::Ctl>,
     stopped: watch::Receiver<bool>,
 ) {
-    let config = &inner.config;
-    let raft = &inner.raft;
+    let core = &inner.core;
+    let config = &core.config;
+    let raft = &core.raft;
     tokio::spawn(stop_on_failure(
         Arc::downgrade(inner),
         raft.clone(),
@@ -286,17 +281,19 @@ fn spawn_tasks(
         leader_contact,
     });
     tokio::spawn(crate::gc::drive(
-        Arc::downgrade(inner),
+        Arc::downgrade(core),
+        Arc::clone(&inner.gc.state),
         gc_ctl,
         stopped.clone(),
     ));
     tokio::spawn(crate::snapshots::drive(
-        Arc::downgrade(inner),
+        Arc::downgrade(core),
         config.snapshot_logs_since_last.max(1),
         stopped.clone(),
     ));
     tokio::spawn(crate::hibernate::drive(
-        Arc::downgrade(inner),
+        Arc::downgrade(core),
+        Arc::clone(&inner.hibernation.state),
         stopped.clone(),
     ));
     tokio::spawn(membership::drive(Arc::downgrade(inner), stopped.clone()));
@@ -360,20 +357,29 @@ impl Node {
             .await
             .map_err(|e| io("starting raft", &e))?;
         let (stop, stopped) = watch::channel(false);
-        let (gc, gc_ctl) = GcState::new(config.gc.clone());
-        let inner = Arc::new(Inner {
-            gc,
-            hibernation: HibernationState::new(config.hibernation.clone()),
-            backups: crate::backup::Backups::new(config.data_dir.join(crate::backup::DIR)),
+        let (gc_state, gc_ctl) = GcState::new(config.gc.clone());
+        let core = Arc::new(Core {
             id: config.id,
-            incarnation: identity.incarnation,
-            membership: tokio::sync::Mutex::new(()),
-            addr: addr.clone(),
-            listen_addr,
             pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
             config: config.clone(),
             raft: raft.clone(),
             store,
+        });
+        let inner = Arc::new(Inner {
+            gc: Gc {
+                core: Arc::clone(&core),
+                state: Arc::new(gc_state),
+            },
+            hibernation: Hibernation {
+                core: Arc::clone(&core),
+                state: Arc::new(HibernationState::new(config.hibernation.clone())),
+            },
+            backups: Backups::new(config.data_dir.join(crate::backup::DIR)),
+            core,
+            incarnation: identity.incarnation,
+            membership: tokio::sync::Mutex::new(()),
+            addr: addr.clone(),
+            listen_addr,
             log_stats,
             log_closed,
             stop,
@@ -389,7 +395,7 @@ impl Node {
     /// Restarts on its files, or initializes a single-node cluster (a new node, no `join`),
     /// or joins `join`.
     async fn come_up(&self, raft: &Raft) -> Result<()> {
-        let config = &self.inner.config;
+        let config = &self.inner.core.config;
         let addr = &self.inner.addr;
         let initialized = raft
             .is_initialized()
@@ -438,13 +444,14 @@ impl Node {
     /// serves on (restored from a backup, or restarted elsewhere) records its own, once it
     /// leads: nodes that join later are sent to the recorded address.
     pub(super) async fn record_own_address(&self) -> Result<()> {
-        let (id, addr) = (self.inner.id, self.inner.addr.clone());
+        let (id, addr) = (self.inner.core.id, self.inner.addr.clone());
         let unavailable = |e: &dyn std::fmt::Display| {
             Error::Unavailable(format!("recording this node's address {addr}: {e}"))
         };
         // The state Raft loaded (its metrics may not show it yet).
         let recorded = self
             .inner
+            .core
             .raft
             .with_raft_state(move |st| {
                 let membership = st.membership_state.effective().membership();
@@ -460,8 +467,9 @@ impl Node {
             return Ok(());
         }
         self.inner
+            .core
             .raft
-            .wait(Some(self.inner.config.request_timeout))
+            .wait(Some(self.inner.core.config.request_timeout))
             .current_leader(id, "leading alone")
             .await
             .map_err(|e| unavailable(&e))?;
@@ -474,8 +482,9 @@ impl Node {
 
     /// Whether this node's own membership (as loaded from its files) has it as a learner.
     async fn learner_here(&self) -> Result<bool> {
-        let id = self.inner.id;
+        let id = self.inner.core.id;
         self.inner
+            .core
             .raft
             .with_raft_state(move |st| {
                 let membership = st.membership_state.effective().membership();
@@ -487,17 +496,17 @@ impl Node {
 
     pub(super) async fn join_through(&self, seed: &str) -> Result<()> {
         let request = ClientRequest::Join {
-            id: self.inner.id,
+            id: self.inner.core.id,
             addr: self.inner.addr.clone(),
             incarnation: Some(self.inner.incarnation),
         };
-        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout * 6;
+        let deadline = tokio::time::Instant::now() + self.inner.core.config.request_timeout * 6;
         // The joiner is no member yet: it asks as a client does, so that a follower it dials
         // passes the request on to the leader (a member's request is never forwarded twice).
-        let as_client = Pool::new(self.inner.config.cluster_id.clone(), None);
+        let as_client = Pool::new(self.inner.core.config.cluster_id.clone(), None);
         loop {
             let outcome = as_client
-                .client_call(seed, &request, self.inner.config.request_timeout * 6)
+                .client_call(seed, &request, self.inner.core.config.request_timeout * 6)
                 .await;
             match outcome {
                 Ok(ClientReply::Done) => return Ok(()),
@@ -517,7 +526,7 @@ impl Node {
     }
 
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.core.id
     }
 
     /// The address other nodes and clients dial.
@@ -547,31 +556,32 @@ impl Node {
 
     /// The openraft handle, for what the facade does not wrap.
     pub fn raft(&self) -> &Raft {
-        &self.inner.raft
+        &self.inner.core.raft
     }
 
     /// The node's store (its local copy).
     pub fn store(&self) -> &SharedStore {
-        &self.inner.store
+        &self.inner.core.store
     }
 
     /// Stops Raft and the listener; the files are closed when the last clone is dropped.
     pub async fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
-        if let Err(e) = self.inner.raft.shutdown().await {
+        if let Err(e) = self.inner.core.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
         let task = lock(&self.inner.server).take();
         if let Some(task) = task {
             let _ = task.await;
         }
-        let store = Arc::clone(&self.inner.store);
+        let store = Arc::clone(&self.inner.core.store);
         let _ = tokio::task::spawn_blocking(move || store.read().map(|s| s.sync().ok()).ok()).await;
         // Replication tasks and blocking calls still running hold the files open; wait (bounded)
         // so that a restart in the same process finds them unlocked. The state file closes when
         // the last `Node` handle is dropped.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !(self.inner.log_closed.is_closed() && Arc::strong_count(&self.inner.store) == 1) {
+        while !(self.inner.log_closed.is_closed() && Arc::strong_count(&self.inner.core.store) == 1)
+        {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!("files still in use 10 s after shutdown");
                 break;

@@ -19,7 +19,7 @@ impl Node {
         if let Some(why) = self.failure() {
             return Err(Error::Storage(format!(
                 "node {} stopped after a storage failure: {why}",
-                self.inner.id
+                self.inner.core.id
             )));
         }
         if from.is_none()
@@ -40,10 +40,10 @@ impl Node {
         request: ClientRequest,
         from: Option<u64>,
     ) -> Result<ClientReply> {
-        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + self.inner.core.config.request_timeout;
         // Leadership as this node saw it when the last attempt was refused: the next attempt
         // waits until it changes (an election ends), not for a fixed time.
-        let mut leadership = self.inner.raft.server_metrics();
+        let mut leadership = self.inner.core.raft.server_metrics();
         loop {
             drop(leadership.borrow_and_update());
             match self.try_handle(&request).await {
@@ -52,14 +52,14 @@ impl Node {
                         leader: leader.map(|(id, _)| id),
                     });
                 }
-                Err(Redirect(Some((id, addr)))) if id != self.inner.id => {
+                Err(Redirect(Some((id, addr)))) if id != self.inner.core.id => {
                     // A join waits on the leader for its membership turn and for the learner
                     // to catch up, each up to `request_timeout`, and then for its promotion.
                     let ttl = match request {
-                        ClientRequest::Join { .. } => self.inner.config.request_timeout * 3,
-                        _ => self.inner.config.request_timeout,
+                        ClientRequest::Join { .. } => self.inner.core.config.request_timeout * 3,
+                        _ => self.inner.core.config.request_timeout,
                     };
-                    match self.inner.pool.client_call(&addr, &request, ttl).await {
+                    match self.inner.core.pool.client_call(&addr, &request, ttl).await {
                         Ok(ClientReply::Error(Error::NotLeader { .. })) => {}
                         Ok(reply) => return Ok(reply),
                         Err(e) if e.is_connect() => {}
@@ -73,13 +73,13 @@ impl Node {
             if now >= deadline {
                 return Err(Error::Unavailable(format!(
                     "no leader answered within {:?}",
-                    self.inner.config.request_timeout
+                    self.inner.core.config.request_timeout
                 )));
             }
             if let Some(why) = self.failure() {
                 return Err(Error::Storage(format!(
                     "node {} stopped after a storage failure: {why}",
-                    self.inner.id
+                    self.inner.core.id
                 )));
             }
             // A vote, state or leader change wakes this at once; the bound covers a leader
@@ -100,9 +100,14 @@ impl Node {
     ) -> std::result::Result<Result<ClientReply>, Redirect> {
         // Matched by reference: only what an answer needs is copied, once per attempt.
         Ok(match request {
-            ClientRequest::Write(op) => match op.validate(self.inner.config.value_bytes_max) {
+            ClientRequest::Write(op) => match op.validate(self.inner.core.config.value_bytes_max) {
                 Err(e) => Err(Error::from_store(e)),
-                Ok(()) => self.propose(op.clone()).await?.map(ClientReply::Applied),
+                Ok(()) => self
+                    .inner
+                    .core
+                    .propose(op.clone())
+                    .await?
+                    .map(ClientReply::Applied),
             },
             ClientRequest::Get {
                 bucket,
@@ -110,10 +115,12 @@ impl Node {
                 include_tombstones,
                 consistency,
             } => {
-                self.linearize(*consistency).await?;
+                self.inner.core.linearize(*consistency).await?;
                 let (bucket, key, include_tombstones) =
                     (bucket.clone(), key.clone(), *include_tombstones);
-                self.local(move |s| s.read()?.get(&bucket, &key, include_tombstones))
+                self.inner
+                    .core
+                    .local(move |s| s.read()?.get(&bucket, &key, include_tombstones))
                     .await
                     .map(ClientReply::Record)
             }
@@ -125,7 +132,7 @@ impl Node {
                 include_tombstones,
                 consistency,
             } => {
-                self.linearize(*consistency).await?;
+                self.inner.core.linearize(*consistency).await?;
                 let scan = Scan {
                     prefix: prefix.clone(),
                     after: after.clone(),
@@ -133,7 +140,9 @@ impl Node {
                     include_tombstones: *include_tombstones,
                 };
                 let bucket = bucket.clone();
-                self.local(move |s| s.read()?.scan(&bucket, &scan))
+                self.inner
+                    .core
+                    .local(move |s| s.read()?.scan(&bucket, &scan))
                     .await
                     .map(|p| {
                         ClientReply::Page(ScanPage {
@@ -156,15 +165,19 @@ impl Node {
                 bucket,
                 consistency,
             } => {
-                self.linearize(*consistency).await?;
+                self.inner.core.linearize(*consistency).await?;
                 let bucket = bucket.clone();
-                self.local(move |s| s.bucket(&bucket))
+                self.inner
+                    .core
+                    .local(move |s| s.bucket(&bucket))
                     .await
                     .map(ClientReply::Bucket)
             }
             ClientRequest::Buckets { consistency } => {
-                self.linearize(*consistency).await?;
-                self.local(|s| s.read()?.buckets())
+                self.inner.core.linearize(*consistency).await?;
+                self.inner
+                    .core
+                    .local(|s| s.read()?.buckets())
                     .await
                     .map(ClientReply::Buckets)
             }
@@ -200,10 +213,11 @@ impl Node {
                 "wait_ms {wait_ms} is over the limit of {WATCH_WAIT_MS_MAX}"
             )));
         }
-        let applied = self.applied_index();
+        let applied = self.inner.core.applied_index();
         if wait_ms > 0 {
             self.inner
                 .gc
+                .state
                 .pin(bucket, after_rev, Duration::from_millis(wait_ms.into()));
         }
         let mut page = self.changes_page(bucket, prefix, after_rev, limit).await;
@@ -212,6 +226,7 @@ impl Node {
             // Nothing yet: wait for the next applied entry, or for the poll to run out.
             let wait = self
                 .inner
+                .core
                 .raft
                 .wait(Some(Duration::from_millis(wait_ms.into())));
             if wait
@@ -236,7 +251,7 @@ impl Node {
                 min_age_ms,
             } => {
                 self.lead_here()?;
-                match self.inner.gc.run(dry_run, min_age_ms).await {
+                match self.inner.gc.state.run(dry_run, min_age_ms).await {
                     Ok(Ok(job)) => Ok(ClientReply::GcStarted(job)),
                     Ok(Err(Error::NotLeader { .. })) => return Err(Redirect(None)),
                     Ok(Err(e)) => Err(e),
@@ -244,9 +259,11 @@ impl Node {
                 }
             }
             ClientRequest::GcStatus { limit } => {
-                self.linearize(Consistency::Linearizable).await?;
-                let running = self.inner.gc.progress();
-                self.gc_records(limit as usize)
+                self.inner.core.linearize(Consistency::Linearizable).await?;
+                let running = self.inner.gc.state.progress();
+                self.inner
+                    .gc
+                    .gc_records(limit as usize)
                     .await
                     .map(|jobs| ClientReply::GcStatus(GcStatus { running, jobs }))
             }
@@ -254,8 +271,10 @@ impl Node {
                 Ok(ClientReply::ClusterStatus(self.cluster_status_now().await))
             }
             ClientRequest::CompactNode => {
-                let node = self.inner.id;
-                self.compact_state()
+                let node = self.inner.core.id;
+                self.inner
+                    .core
+                    .compact_state()
                     .await
                     .map(|(bytes_before, bytes_after)| {
                         ClientReply::Compacted(NodeCompacted {
@@ -267,39 +286,60 @@ impl Node {
             }
             ClientRequest::PauseBucket { bucket, archive } => {
                 self.lead_here()?;
-                leader_only(self.start_pause(&bucket, &archive).await)?.map(ClientReply::OpStarted)
+                leader_only(self.inner.hibernation.start_pause(&bucket, &archive).await)?
+                    .map(ClientReply::OpStarted)
             }
             ClientRequest::ResumeBucket { bucket, archive } => {
                 self.lead_here()?;
-                leader_only(self.start_resume(&bucket, archive.as_deref()).await)?
-                    .map(ClientReply::OpStarted)
+                leader_only(
+                    self.inner
+                        .hibernation
+                        .start_resume(&bucket, archive.as_deref())
+                        .await,
+                )?
+                .map(ClientReply::OpStarted)
             }
             ClientRequest::Hibernation { bucket } => {
                 self.lead_here()?;
-                self.linearize(Consistency::Linearizable).await?;
-                self.hibernation_status(&bucket)
+                self.inner.core.linearize(Consistency::Linearizable).await?;
+                self.inner
+                    .hibernation
+                    .hibernation_status(&bucket)
                     .await
                     .map(ClientReply::Hibernation)
             }
             ClientRequest::BackupBegin => {
-                self.linearize(Consistency::Linearizable).await?;
-                self.backup_begin().await.map(ClientReply::Backup)
+                self.inner.core.linearize(Consistency::Linearizable).await?;
+                self.inner
+                    .backups
+                    .begin(&self.inner.core)
+                    .await
+                    .map(ClientReply::Backup)
             }
             ClientRequest::BackupChunk { node, id, offset } => {
-                if node != self.inner.id {
+                if node != self.inner.core.id {
                     return Ok(self.on_member(node, request).await);
                 }
-                self.backup_chunk(id, offset).await.map(ClientReply::Bytes)
+                self.inner
+                    .backups
+                    .chunk(&self.inner.core, id, offset)
+                    .await
+                    .map(ClientReply::Bytes)
             }
             ClientRequest::BackupEnd { node, id } => {
-                if node != self.inner.id {
+                if node != self.inner.core.id {
                     return Ok(self.on_member(node, request).await);
                 }
-                self.backup_end(id).map(|()| ClientReply::Done)
+                self.inner
+                    .backups
+                    .end(&self.inner.core, id)
+                    .map(|()| ClientReply::Done)
             }
             ClientRequest::CheckNode => {
-                let node = self.inner.id;
-                self.exclusive(move |store| store.check())
+                let node = self.inner.core.id;
+                self.inner
+                    .core
+                    .exclusive(move |store| store.check())
                     .await
                     .map(|report| ClientReply::Checked(NodeCheck::from_report(node, &report)))
             }
@@ -326,7 +366,7 @@ impl Node {
         request: &ClientRequest,
     ) -> Result<ClientReply> {
         let addr = {
-            let metrics = self.inner.raft.metrics();
+            let metrics = self.inner.core.raft.metrics();
             let m = metrics.borrow_watched();
             m.membership_config
                 .membership()
@@ -338,8 +378,9 @@ impl Node {
         };
         match self
             .inner
+            .core
             .pool
-            .client_call(&addr, request, self.inner.config.request_timeout)
+            .client_call(&addr, request, self.inner.core.config.request_timeout)
             .await
         {
             Ok(ClientReply::Error(e)) => Err(e),
@@ -357,6 +398,8 @@ impl Node {
     ) -> Result<ChangesPage> {
         let (bucket, prefix) = (bucket.to_owned(), prefix.to_vec());
         let changes = self
+            .inner
+            .core
             .local(move |s| {
                 s.read()?
                     .changes(&bucket, &prefix, after_rev, limit as usize)
@@ -380,13 +423,13 @@ impl Node {
     /// committed before the read began (read index); redirects when another node leads.
     /// `Ok` if this node leads; otherwise a redirect to the leader it knows of.
     pub(super) fn lead_here(&self) -> std::result::Result<(), Redirect> {
-        self.leading().map(|_| ()).map_err(Redirect::from)
+        self.inner
+            .core
+            .leading()
+            .map(|_| ())
+            .map_err(Redirect::from)
     }
 }
-
-/// The leader to ask instead, if known.
-#[derive(Debug)]
-pub(crate) struct Redirect(pub(super) Option<(u64, String)>);
 
 /// A leader-only answer: `NotLeader` (leadership moved while it ran) becomes a redirect.
 pub(super) fn leader_only<T>(r: Result<T>) -> std::result::Result<Result<T>, Redirect> {
@@ -394,10 +437,6 @@ pub(super) fn leader_only<T>(r: Result<T>) -> std::result::Result<Result<T>, Red
         Err(Error::NotLeader { .. }) => Err(Redirect(None)),
         other => Ok(other),
     }
-}
-
-pub(super) fn redirect(id: Option<u64>, node: Option<NodeAddr>) -> Redirect {
-    Redirect(id.zip(node.map(|n| n.addr)))
 }
 
 /// Why a caller may not send `request` itself, if it may not: writes to `_sys`, and the

@@ -10,18 +10,21 @@ impl Node {
             let member = m.clone();
             let mine = mine.clone();
             async move {
-                let status = if member.id == self.inner.id {
+                let status = if member.id == self.inner.core.id {
                     Ok(mine)
                 } else {
                     match self
                         .inner
+                        .core
                         .pool
                         .client_call(&member.addr, &ClientRequest::Status, Duration::from_secs(3))
                         .await
                     {
                         Ok(ClientReply::Status(s)) => Ok(s),
-                        Ok(other) => Err(format!("answered {other:?}")),
-                        Err(e) => Err(e.to_string()),
+                        Ok(other) => Err(Error::Protocol(format!(
+                            "a status request answered {other:?}"
+                        ))),
+                        Err(e) => Err(unavailable(e)),
                     }
                 };
                 MemberReport { member, status }
@@ -37,7 +40,7 @@ impl Node {
 
     /// This node's view of itself and the cluster.
     pub fn node_status(&self) -> NodeStatus {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let m = self.inner.core.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
@@ -50,17 +53,17 @@ impl Node {
             .collect();
         let role = match m.state {
             ServerState::Leader => Role::Leader,
-            ServerState::Follower if !voters.contains(&self.inner.id) => Role::Learner,
+            ServerState::Follower if !voters.contains(&self.inner.core.id) => Role::Learner,
             ServerState::Follower => Role::Follower,
             ServerState::Candidate => Role::Candidate,
             ServerState::Learner => Role::Learner,
             ServerState::Shutdown => Role::Shutdown,
         };
         let size = |name: &str| {
-            std::fs::metadata(self.inner.config.data_dir.join(name)).map_or(0, |m| m.len())
+            std::fs::metadata(self.inner.core.config.data_dir.join(name)).map_or(0, |m| m.len())
         };
         NodeStatus {
-            id: self.inner.id,
+            id: self.inner.core.id,
             addr: self.inner.addr.clone(),
             role,
             leader: m.current_leader,

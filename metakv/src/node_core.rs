@@ -1,7 +1,36 @@
 //! The node core: what the request router and every driver use instead of reaching into
-//! openraft or the store themselves.
+//! openraft or the store themselves. It sits below the drivers (`gc`, `hibernate`, `backup`,
+//! `snapshots`) and the composition root (`node`): they all take an `Arc<Core>`, and it
+//! imports none of them.
+//!
+//! A driver's background task holds a `Weak<Core>` and upgrades it on each tick
+//! ([`next_tick`]): once the node is gone, so is the task.
 
-use super::*;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metakv_raft::{Command, NodeAddr, Raft, SharedStore};
+use metakv_store::{Op, Store};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ReadPolicy, ServerState};
+use tokio::sync::watch;
+
+use crate::api::{Consistency, applied};
+use crate::config::NodeConfig;
+use crate::error::{Error, Result};
+use crate::pool::Pool;
+
+/// What every part of a node shares: its id and settings, Raft, the store and the connection
+/// pool.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) id: u64,
+    pub(crate) config: NodeConfig,
+    pub(crate) raft: Raft,
+    pub(crate) store: SharedStore,
+    pub(crate) pool: Pool,
+}
 
 /// How often the GC and hibernation drivers look at leadership, membership, leases and
 /// triggers.
@@ -17,27 +46,27 @@ pub(crate) fn blocking_err(e: tokio::task::JoinError) -> Error {
     Error::Storage(format!("blocking task: {e}"))
 }
 
-/// Waits for the next tick of one of a node's background loops: the node, or `None` once it
-/// stops (or is gone).
+/// Waits for the next tick of one of a node's background loops: the core, or `None` once the
+/// node stops (or is gone).
 pub(crate) async fn next_tick(
-    node: &Weak<Inner>,
+    core: &Weak<Core>,
     tick: &mut tokio::time::Interval,
     stop: &mut watch::Receiver<bool>,
-) -> Option<Node> {
+) -> Option<Arc<Core>> {
     tokio::select! {
         _ = stop.changed() => None,
-        _ = tick.tick() => node.upgrade().map(|inner| Node { inner }),
+        _ = tick.tick() => core.upgrade(),
     }
 }
 
-impl Node {
+impl Core {
     /// Runs `f` with this node's store taken out of service (its write lock), on a blocking
     /// thread: every request that needs the store waits until `f` returns; none fails.
     pub(crate) async fn exclusive<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> metakv_store::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = Arc::clone(&self.inner.store);
+        let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
             f(&mut store
                 .write()
@@ -53,7 +82,7 @@ impl Node {
         &self,
         f: impl FnOnce(&Store) -> metakv_store::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = Arc::clone(&self.inner.store);
+        let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
             f(&store
                 .read()
@@ -86,11 +115,11 @@ impl Node {
 
     /// The one path to `client_write`: proposes `op` stamped with the leader's clock (the
     /// only time apply reads) and answers what applying it did, or the leader to ask instead.
-    pub(super) async fn propose(
+    pub(crate) async fn propose(
         &self,
         op: Op,
     ) -> std::result::Result<Result<metakv_store::Applied>, NotLeading> {
-        let write = self.inner.raft.client_write(Command {
+        let write = self.raft.client_write(Command {
             time_ms: now_ms(),
             op,
         });
@@ -107,7 +136,7 @@ impl Node {
     /// This node's term if it leads now; otherwise the leader it knows of. Every "do I
     /// lead?" reads this.
     pub(crate) fn leading(&self) -> std::result::Result<u64, NotLeading> {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         if m.state == ServerState::Leader {
             return Ok(m.current_term);
         }
@@ -123,8 +152,19 @@ impl Node {
         })
     }
 
+    /// Compacts `state.redb` (rebuilds it; see `Store::compact`). Every request that needs the
+    /// store waits for it on the store's lock (none fails); Raft keeps running and applies what
+    /// it missed afterwards.
+    pub(crate) async fn compact_state(&self) -> Result<(u64, u64)> {
+        self.exclusive(|store| {
+            store.sync()?;
+            store.compact().map(|r| (r.bytes_before, r.bytes_after))
+        })
+        .await
+    }
+
     pub(crate) fn applied_index(&self) -> u64 {
-        let metrics = self.inner.raft.metrics();
+        let metrics = self.raft.metrics();
         let applied = metrics.borrow_watched().last_applied;
         applied.map_or(0, |l| l.index)
     }
@@ -136,12 +176,7 @@ impl Node {
         if consistency == Consistency::Local {
             return Ok(());
         }
-        match self
-            .inner
-            .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await
-        {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(redirect(f.leader_id, f.leader_node))
@@ -149,6 +184,14 @@ impl Node {
             Err(_) => Err(Redirect(None)),
         }
     }
+}
+
+/// The leader to ask instead, if known.
+#[derive(Debug)]
+pub(crate) struct Redirect(pub(crate) Option<(u64, String)>);
+
+pub(crate) fn redirect(id: Option<u64>, node: Option<NodeAddr>) -> Redirect {
+    Redirect(id.zip(node.map(|n| n.addr)))
 }
 
 /// This node does not lead: the leader it knows of, and that leader's address.

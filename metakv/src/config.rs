@@ -1,6 +1,13 @@
-//! [`NodeConfig`]: a node's settings, checked before anything is created.
+//! [`NodeConfig`]: a node's settings, checked before anything is created. Below every
+//! other part of the node: the core, the drivers and the composition root read it.
 
-use super::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metakv_gc::GcConfig;
+
+use crate::archives::{Archives, UriArchives};
 
 /// A node setting out of its range; nothing has been created or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,7 +20,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn new(key: &'static str, message: String) -> ConfigError {
+    pub(crate) fn new(key: &'static str, message: String) -> ConfigError {
         ConfigError { key, message }
     }
 }
@@ -142,5 +149,24 @@ impl NodeConfig {
             at_least(key, v, 1)?;
         }
         Ok(())
+    }
+}
+
+/// Hibernation settings; [`HibernationConfig::default`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct HibernationConfig {
+    /// The janitor runs this often on the leader (and whenever a node becomes leader); 0 runs
+    /// it only on leadership changes.
+    pub janitor_interval_ms: u64,
+    /// Where archive locations lead.
+    pub archives: Arc<dyn Archives>,
+}
+
+impl Default for HibernationConfig {
+    fn default() -> Self {
+        HibernationConfig {
+            janitor_interval_ms: 60_000,
+            archives: Arc::new(UriArchives),
+        }
     }
 }

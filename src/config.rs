@@ -14,6 +14,8 @@
 //! value_bytes_max = 1048576
 //! cache_bytes = 33554432
 //! request_timeout = "10s"
+//! connections_max = 512
+//! idle_timeout = "5m"
 //!
 //! [raft]
 //! heartbeat = "100ms"
@@ -77,6 +79,8 @@ pub struct Limits {
     pub value_bytes_max: Option<usize>,
     pub cache_bytes: Option<usize>,
     pub request_timeout: Option<String>,
+    pub connections_max: Option<usize>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +162,12 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<NodeConfig, String> {
     }
     if let Some(v) = l.cache_bytes {
         c.cache_bytes = v;
+    }
+    if let Some(v) = l.connections_max {
+        c.connections_max = v;
+    }
+    if let Some(v) = ms("limits.idle_timeout", &l.idle_timeout)? {
+        c.idle_timeout = Duration::from_millis(v);
     }
     if let Some(v) = ms("limits.request_timeout", &l.request_timeout)? {
         c.request_timeout = Duration::from_millis(v);

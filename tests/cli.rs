@@ -656,3 +656,105 @@ fn backup_then_restore_into_a_fresh_cluster() {
     want.sort();
     assert_eq!(addrs, want, "{out}");
 }
+
+/// Every file and directory metakv writes is owner-only, also under `umask 000` (it was 0666
+/// and 0777 there): a node's data dir with its state, log, identity and snapshots, a
+/// backup's file, and a pause's archive in a directory it creates.
+#[test]
+fn files_are_owner_only_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[raft]\nsnapshot_logs_since_last = 20\n").unwrap();
+    let data = dir.path().join("data");
+    let under_umask_000 = |program: &std::path::Path| {
+        let mut c = Command::new("sh");
+        c.args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+            .arg(program);
+        c
+    };
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_metakv"));
+    let mut serve = under_umask_000(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .split(" listening on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let run = |args: &[&str]| {
+        let out = under_umask_000(bin)
+            .arg("--endpoint")
+            .arg(&addr)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["bucket", "create", "users"]);
+    for i in 0..40 {
+        run(&["put", "users", &format!("u{i}"), "v"]);
+    }
+    let backup = dir.path().join("users.backup");
+    run(&["backup", backup.to_str().unwrap()]);
+    let archive = dir.path().join("archives/new");
+    run(&[
+        "bucket",
+        "pause",
+        "users",
+        "--archive",
+        archive.to_str().unwrap(),
+    ]);
+    let _ = serve.kill();
+    let _ = serve.wait();
+
+    let mut loose = Vec::new();
+    let mut seen = 0;
+    let mut check = |p: &std::path::Path| {
+        let meta = std::fs::metadata(p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        seen += 1;
+        if mode != want {
+            loose.push(format!("{} is {mode:o}", p.display()));
+        }
+    };
+    fn walk(p: &std::path::Path, f: &mut dyn FnMut(&std::path::Path)) {
+        f(p);
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), f);
+            }
+        }
+    }
+    walk(&data, &mut check);
+    walk(&backup, &mut check);
+    walk(&dir.path().join("archives"), &mut check);
+    assert!(
+        data.join("snapshots").read_dir().unwrap().count() > 0,
+        "no snapshot was built, so none was checked"
+    );
+    assert!(seen > 8, "only {seen} paths checked");
+    assert!(
+        loose.is_empty(),
+        "not owner-only under umask 000:\n{}",
+        loose.join("\n")
+    );
+}

@@ -61,8 +61,9 @@ async fn bad_connections_are_refused_and_the_node_keeps_serving() {
     tracing::info!("--- wrong cluster id, wrong protocol version");
     let err = Conn::dial(&addr, "other-cluster", None).await.unwrap_err();
     assert!(
-        matches!(err, CallError::Refused { ref reason, .. } if reason.contains("cluster id")),
-        "{err}"
+        matches!(err, CallError::Refused { ref reason, .. }
+            if reason.contains("cluster id") && !reason.contains("\"metakv\"")),
+        "the refusal names the cluster id it expected: {err}"
     );
     let reply = send_raw(&addr, &hello("metakv", PROTOCOL_VERSION + 1)).await;
     let (answer, _) = metakv_raft::wire::decode_frame::<HelloReply>(&reply).unwrap();
@@ -135,4 +136,137 @@ async fn an_idle_connection_to_a_stopped_node_is_stale_before_use() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(stale, "the closed connection was not noticed");
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb << 10
+}
+
+/// What a dialer could make a node hold: 1,010 idle connections locked every client out (the
+/// process ran out of file descriptors), ten 80 MiB frames from a "client" took 820 MB of
+/// RSS, and a snapshot announced as 1 TB was spooled until the disk filled. Now connections
+/// are bounded (a new one closes the one idle longest) and time out when idle, a client's
+/// frame is bounded by the largest value, and a snapshot must fit the disk before a byte is
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_connections_and_frames_leaves_the_node_serving_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nconnections_max = 64\nidle_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    let node = common::serve_args(
+        dir.path(),
+        1,
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            dir.path().join("node1").display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+    );
+    let addr = node.addr.clone();
+    let client = Client::new(vec![addr.clone()], "metakv").with_timeout(Duration::from_secs(3));
+    client.create_bucket("b").await.unwrap();
+    let rss_before = rss_bytes(node.child.id());
+    let hello = |from: Option<u64>| {
+        encode_frame(&Hello {
+            cluster_id: "metakv".into(),
+            from,
+            protocol: PROTOCOL_VERSION,
+        })
+    };
+
+    tracing::info!("--- 300 connections that say nothing, 300 clients that say hello and wait");
+    let mut held = Vec::new();
+    for i in 0..600 {
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            tcp.write_all(&hello(None)).await.unwrap();
+        }
+        held.push(tcp);
+    }
+    let started = std::time::Instant::now();
+    client.put("b", b"k", b"v", Expect::Any).await.unwrap();
+    assert_eq!(client.get("b", b"k").await.unwrap().unwrap().value, b"v");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a client waited {:?} behind idle connections",
+        started.elapsed()
+    );
+
+    tracing::info!("--- ten 80 MiB frames from clients are refused at their header");
+    for _ in 0..10 {
+        let mut bytes = hello(None);
+        let mut header = vec![0u8; 8];
+        header[..4].copy_from_slice(&(80u32 << 20).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&vec![7u8; 4 << 20]);
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        let _ = tcp.write_all(&bytes).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+        let (_, used) = metakv_raft::wire::decode_frame::<HelloReply>(&out).unwrap();
+        let (answer, _) =
+            metakv_raft::wire::decode_frame::<metakv_raft::wire::Reply>(&out[used..]).unwrap();
+        assert!(
+            matches!(answer, metakv_raft::wire::Reply::Malformed(ref e) if e.contains("over the limit")),
+            "{answer:?}"
+        );
+    }
+
+    tracing::info!("--- a snapshot announced as 1 TB is refused before anything is spooled");
+    let mut conn = Conn::dial(&addr, "metakv", Some(77)).await.unwrap();
+    let meta = openraft::storage::SnapshotMeta::default();
+    let err = conn
+        .call(
+            &metakv_raft::wire::Request::SnapshotBegin {
+                vote: metakv_raft::types::Vote::new(1, 77),
+                meta,
+                len: 1 << 40,
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    let spooled: Vec<_> = std::fs::read_dir(dir.path().join("node1/snapshots"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        spooled
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with("incoming")),
+        "spooled: {spooled:?}"
+    );
+
+    tracing::info!("--- an idle client connection is closed after the idle timeout");
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(&hello(None)).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "an idle connection stayed open 10 s with a 2 s idle timeout"
+    );
+
+    let rss_after = rss_bytes(node.child.id());
+    assert!(
+        rss_after < rss_before + (64 << 20),
+        "RSS grew from {} MiB to {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    client.put("b", b"k2", b"v", Expect::Any).await.unwrap();
+    drop(held);
 }

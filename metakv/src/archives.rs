@@ -81,10 +81,17 @@ impl Archives for UriArchives {
             });
         };
         if create {
-            std::fs::create_dir_all(&dir).map_err(|source| ArchiveError::CreateDir {
-                dir: dir.clone(),
-                source,
-            })?;
+            // Directories made here are owner-only; one that existed keeps its mode (it is the
+            // operator's).
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(metakv_store::private::DIR_MODE)
+                .create(&dir)
+                .map_err(|source| ArchiveError::CreateDir {
+                    dir: dir.clone(),
+                    source,
+                })?;
         }
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|source| {
             ArchiveError::Unreachable {
@@ -96,7 +103,8 @@ impl Archives for UriArchives {
     }
 
     /// A local file and its directory are fsynced (the local store renames a finished object
-    /// into place but does not sync it).
+    /// into place but does not sync it), and made owner-only with the directories under the
+    /// location that lead to it (the local store creates them with the umask's modes).
     fn make_durable(
         &self,
         uri: &str,
@@ -115,6 +123,18 @@ impl Archives for UriArchives {
                         source,
                     })
             };
+            let restrict = |p: &std::path::Path| {
+                metakv_store::private::restrict(p).map_err(|source| ArchiveError::Sync {
+                    path: p.to_owned(),
+                    source,
+                })
+            };
+            restrict(&file)?;
+            let mut under = file.parent();
+            while let Some(d) = under.filter(|d| d.starts_with(&dir) && *d != dir) {
+                restrict(d)?;
+                under = d.parent();
+            }
             sync(&file)?;
             if let Some(parent) = file.parent() {
                 sync(parent)?;

@@ -153,10 +153,10 @@ impl Backups {
                     doing: "writing a backup",
                     source: e,
                 };
-                std::fs::create_dir_all(&dir).map_err(io)?;
+                metakv_store::private::create_dir_all(&dir).map_err(io)?;
                 let view = store.read()?;
                 let out = Summing {
-                    out: BufWriter::new(File::create(&file).map_err(io)?),
+                    out: BufWriter::new(metakv_store::private::create_file(&file).map_err(io)?),
                     crc: crc32fast::Hasher::new(),
                     bytes: 0,
                 };

@@ -52,6 +52,11 @@ pub struct NodeConfig {
     pub logs_kept_after_snapshot: u64,
     /// How long a client request waits for a leader or a forwarded answer.
     pub request_timeout: Duration,
+    /// Open connections at most (peers and clients); at the limit a new connection closes
+    /// the one idle longest. Keep it under the process's open-file limit.
+    pub connections_max: usize,
+    /// A connection that sends no request for this long is closed.
+    pub idle_timeout: Duration,
     /// Tombstone GC: triggers, minimum age, leases, batch sizes.
     pub gc: GcConfig,
     /// Hibernation: the janitor's interval and where archive locations lead.
@@ -75,6 +80,8 @@ impl NodeConfig {
             snapshot_logs_since_last: 20_000,
             logs_kept_after_snapshot: 5_000,
             request_timeout: Duration::from_secs(10),
+            connections_max: 512,
+            idle_timeout: Duration::from_secs(300),
             gc: GcConfig::default(),
             hibernation: HibernationConfig::default(),
         }
@@ -120,6 +127,14 @@ impl NodeConfig {
             "limits.request_timeout (ms)",
             self.request_timeout.as_millis() as u64,
             1,
+        )?;
+        at_least("limits.connections_max", self.connections_max as u64, 8)?;
+        at_least(
+            "limits.idle_timeout (ms)",
+            self.idle_timeout.as_millis() as u64,
+            // A watch's long poll is a request under way, but a client may pause between
+            // polls; a second is the least that leaves it room.
+            1_000,
         )?;
         at_least("raft.heartbeat (ms)", self.heartbeat_ms, 1)?;
         if self.election_timeout_min_ms >= self.election_timeout_max_ms

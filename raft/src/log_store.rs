@@ -111,6 +111,7 @@ impl LogStore {
             .set_cache_size(16 << 20)
             .create(path)
             .map_err(|e| other("opening the file", e))?;
+        metakv_store::private::restrict(path)?;
         LogStore::on(db)
     }
 

@@ -72,7 +72,7 @@ pub fn restore_node(dir: &Path, backup: impl Read, id: u64, addr: &str) -> io::R
             ),
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| fail("creating the data dir", e))?;
+    metakv_store::private::create_dir_all(dir).map_err(|e| fail("creating the data dir", e))?;
     write_durably(
         &dir.join(PARTIAL),
         b"a restore is writing this data dir; if it was interrupted, remove the dir and restore again\n",
@@ -136,7 +136,8 @@ fn write_files(dir: &Path, backup: impl Read, id: u64, addr: &str) -> io::Result
         })
         .map_err(|e| fail("writing the node's log id and membership", e))?;
     let snapshots = dir.join(SNAPSHOT_DIR);
-    std::fs::create_dir_all(&snapshots).map_err(|e| fail("creating the snapshot dir", e))?;
+    metakv_store::private::create_dir_all(&snapshots)
+        .map_err(|e| fail("creating the snapshot dir", e))?;
     StateMachine::snapshot_now(&store, &snapshots)?;
     drop(store);
     LogStore::open(&dir.join(LOG_FILE))?.start_after(start, Vote::new(start.leader_id.term, id))?;

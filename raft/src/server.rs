@@ -4,11 +4,18 @@
 //! [`HANDSHAKE_TIMEOUT`], or it is refused with the reason and closed. Raft RPCs are accepted
 //! only from connections that said they are a node. A frame that is oversized, damaged or
 //! undecodable gets a `Malformed` reply, is logged, and closes that connection only.
+//!
+//! What a dialer can make the node hold is bounded ([`ServerLimits`]): open connections (at
+//! the limit a new one closes the one idle longest, so idle connections cannot lock clients
+//! out), the time a connection may sit idle, a client's frame size, an incoming snapshot's size
+//! (its announced length, which must fit the spool dir's free space), and the lines refusals
+//! write to the log per second.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncWriteExt, BufStream};
@@ -20,10 +27,138 @@ use openraft::raft::AppendEntriesResponse;
 use crate::candidacy::LeaderContact;
 use crate::state_machine::SnapshotFile;
 use crate::types::{Raft, SnapshotMeta, Vote};
-use crate::wire::{Hello, HelloReply, Reply, Request, read_frame, write_frame};
+use crate::wire::{
+    FRAME_BYTES_MAX, Hello, HelloReply, Reply, Request, read_frame_max, write_frame,
+};
 
 /// How long a new connection may take to say hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refusals logged per second at most; the rest are counted and the count logged.
+pub const REFUSAL_LINES_PER_SECOND_MAX: u32 = 10;
+
+/// What the listener bounds, whoever dials it.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Open connections at most. At the limit a new connection closes the one that has been
+    /// idle longest (one still saying hello is idle); if every one is busy it is refused.
+    pub connections_max: usize,
+    /// A connection that sends no request for this long is closed. A request under way (a
+    /// watch's long poll) is not idle.
+    pub idle_timeout: Duration,
+    /// Longest frame from a connection that did not say it is a node: a client's request
+    /// holds at most one value.
+    pub client_frame_bytes_max: usize,
+    /// Free bytes the spool dir keeps after an incoming snapshot of the announced length.
+    pub spool_reserve_bytes: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            connections_max: 512,
+            idle_timeout: Duration::from_secs(300),
+            client_frame_bytes_max: metakv_store::VALUE_BYTES_MAX_DEFAULT + (64 << 10),
+            spool_reserve_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Free bytes of the filesystem that holds `dir` (`None` if it cannot be read).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// Log lines for refusals, at most [`REFUSAL_LINES_PER_SECOND_MAX`] a second: a dialer that
+/// hammers the port cannot fill the disk with the node's log.
+#[derive(Debug)]
+pub struct RefusalLog {
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog {
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+}
+
+impl RefusalLog {
+    /// Whether a refusal may be logged now. The first line of a new second first says how
+    /// many were left out in the one before.
+    pub fn allow(&self) -> bool {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (start, lines, dropped) = &mut *st;
+        if start.elapsed() >= Duration::from_secs(1) {
+            if *dropped > 0 {
+                tracing::warn!(
+                    refusals = *dropped,
+                    "refusals not logged in the last second"
+                );
+            }
+            *start = Instant::now();
+            *lines = 0;
+            *dropped = 0;
+        }
+        if *lines < REFUSAL_LINES_PER_SECOND_MAX {
+            *lines += 1;
+            true
+        } else {
+            *dropped += 1;
+            false
+        }
+    }
+}
+
+/// An open connection: when it went idle (`None`: a request is under way), and how to close
+/// it.
+type Slot = (Option<Instant>, Arc<tokio::sync::Notify>);
+
+/// The open connections, by id.
+#[derive(Debug, Default)]
+struct Registry {
+    conns: Mutex<BTreeMap<u64, Slot>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Slot>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes room for connection `id` under `max`: closes the connection idle longest if
+    /// needed. `None` if every connection is busy (the new one is refused).
+    fn admit(&self, id: u64, max: usize) -> Option<Arc<tokio::sync::Notify>> {
+        let mut conns = self.lock();
+        if conns.len() >= max.max(1) {
+            let oldest = conns
+                .iter()
+                .filter_map(|(id, (idle, _))| idle.map(|since| (since, *id)))
+                .min()?;
+            if let Some((_, close)) = conns.remove(&oldest.1) {
+                close.notify_one();
+            }
+        }
+        let close = Arc::new(tokio::sync::Notify::new());
+        conns.insert(id, (Some(Instant::now()), Arc::clone(&close)));
+        Some(close)
+    }
+
+    fn set_idle(&self, id: u64, idle: bool) {
+        if let Some(slot) = self.lock().get_mut(&id) {
+            slot.0 = idle.then(Instant::now);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+}
 
 /// The node's named services (client API, GC and hibernation agents, admin), called through
 /// [`Request::Service`]. `from` is the calling node, `None` for a client.
@@ -45,6 +180,7 @@ pub struct ServerConfig {
     pub spool_dir: PathBuf,
     /// Touched after every AppendEntries a leader sent that this node's vote accepted.
     pub leader_contact: Arc<LeaderContact>,
+    pub limits: ServerLimits,
 }
 
 /// Accepts connections until `shutdown` turns true; each connection ends then too.
@@ -56,29 +192,50 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let conn_ids = Arc::new(AtomicU64::new(0));
+    let registry = Arc::new(Registry::default());
+    let refusals = Arc::new(RefusalLog::default());
     let stopper = shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let (raft, config, services, mut stop) = (raft.clone(), Arc::clone(&config), Arc::clone(&services), stopper.clone());
                     let id = conn_ids.fetch_add(1, Ordering::Relaxed);
+                    let Some(close) = registry.admit(id, config.limits.connections_max) else {
+                        if refusals.allow() {
+                            tracing::warn!(%peer, max = config.limits.connections_max, "every connection is busy; refusing a new one");
+                        }
+                        continue;
+                    };
+                    let (raft, config, services, mut stop) = (raft.clone(), Arc::clone(&config), Arc::clone(&services), stopper.clone());
+                    let (registry, refusals) = (Arc::clone(&registry), Arc::clone(&refusals));
                     tokio::spawn(async move {
+                        let conn = Conn { id, registry: Arc::clone(&registry), refusals };
                         tokio::select! {
-                            _ = connection(tcp, id, raft, config, services) => {}
+                            _ = connection(tcp, conn, raft, config, services) => {}
+                            _ = close.notified() => tracing::debug!(%peer, "closed to make room for a new connection"),
                             _ = async { let _ = stop.wait_for(|s| *s).await; } => {}
                         }
+                        registry.remove(id);
                         tracing::debug!(%peer, "connection closed");
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if refusals.allow() {
+                        tracing::warn!(error = %e, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
     }
+}
+
+/// One connection's place among the open ones.
+struct Conn {
+    id: u64,
+    registry: Arc<Registry>,
+    refusals: Arc<RefusalLog>,
 }
 
 /// A snapshot being received on one connection.
@@ -93,7 +250,7 @@ struct Incoming {
 
 async fn connection(
     tcp: TcpStream,
-    id: u64,
+    conn: Conn,
     raft: Raft,
     config: Arc<ServerConfig>,
     services: Arc<dyn Services>,
@@ -101,28 +258,41 @@ async fn connection(
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     tcp.set_nodelay(true).ok();
     let mut stream = BufStream::new(tcp);
-    let hello =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame::<_, Hello>(&mut stream)).await {
-            Ok(Ok(Some(h))) => h,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
+    let refused = || conn.refusals.allow();
+    let limits = &config.limits;
+    // Before the hello, only a client's frame size: a hello is small.
+    let hello = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        read_frame_max::<_, Hello>(&mut stream, limits.client_frame_bytes_max),
+    )
+    .await
+    {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            if refused() {
                 tracing::warn!(%peer, error = %e, "bad handshake frame; closing");
-                let _ = write_frame(
-                    &mut stream,
-                    &HelloReply::Refused {
-                        reason: format!("bad handshake: {e}"),
-                    },
-                )
-                .await;
-                return;
             }
-            Err(_) => {
+            let _ = write_frame(
+                &mut stream,
+                &HelloReply::Refused {
+                    reason: format!("bad handshake: {e}"),
+                },
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            if refused() {
                 tracing::warn!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing");
-                return;
             }
-        };
+            return;
+        }
+    };
     if let Err(reason) = hello.admit(&config.cluster_id) {
-        tracing::warn!(%peer, %reason, "handshake refused");
+        if refused() {
+            tracing::warn!(%peer, %reason, "handshake refused");
+        }
         let _ = write_frame(&mut stream, &HelloReply::Refused { reason }).await;
         return;
     }
@@ -137,21 +307,38 @@ async fn connection(
     {
         return;
     }
+    let frame_max = match hello.from {
+        Some(_) => FRAME_BYTES_MAX,
+        None => limits.client_frame_bytes_max,
+    };
     let mut incoming: Option<Incoming> = None;
     loop {
-        let request = match read_frame::<_, Request>(&mut stream).await {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "malformed frame; closing the connection");
+        conn.registry.set_idle(conn.id, true);
+        let next = tokio::time::timeout(
+            limits.idle_timeout,
+            read_frame_max::<_, Request>(&mut stream, frame_max),
+        )
+        .await;
+        let request = match next {
+            Err(_) => {
+                tracing::debug!(%peer, "idle for {:?}; closing", limits.idle_timeout);
+                break;
+            }
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                if refused() {
+                    tracing::warn!(%peer, error = %e, "malformed frame; closing the connection");
+                }
                 let _ = write_frame(&mut stream, &Reply::Malformed(e.to_string())).await;
                 break;
             }
         };
+        conn.registry.set_idle(conn.id, false);
         let (reply, close) = match dispatch(
             request,
             hello.from,
-            id,
+            conn.id,
             &raft,
             &config,
             services.as_ref(),
@@ -161,7 +348,9 @@ async fn connection(
         {
             Ok(reply) => (reply, false),
             Err(reason) => {
-                tracing::warn!(%peer, %reason, "refused request; closing the connection");
+                if refused() {
+                    tracing::warn!(%peer, %reason, "refused request; closing the connection");
+                }
                 (Reply::Malformed(reason), true)
             }
         };
@@ -211,13 +400,29 @@ async fn dispatch(
             .await
             .map_or_else(|e| failed(&e), Reply::TransferLeader),
         Request::SnapshotBegin { vote, meta, len } => {
-            tokio::fs::create_dir_all(&config.spool_dir)
-                .await
-                .map_err(|e| e.to_string())?;
             let path = config.spool_dir.join(format!("incoming-{conn}.tmp"));
-            let file = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| format!("spooling a snapshot: {e}"))?;
+            let (dir, at, reserve) = (
+                config.spool_dir.clone(),
+                path.clone(),
+                config.limits.spool_reserve_bytes,
+            );
+            // The announced length is the most the transfer may send (chunks beyond it are
+            // refused), so it must fit the disk before anything is written.
+            let file = tokio::task::spawn_blocking(move || {
+                metakv_store::private::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let free = free_bytes(&dir).unwrap_or(0);
+                if len.saturating_add(reserve) > free {
+                    return Err(format!(
+                        "a snapshot of {len} bytes does not fit: {free} bytes free, {reserve} \
+                         kept in reserve"
+                    ));
+                }
+                metakv_store::private::create_file(&at).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("spooling a snapshot: {e}"))?;
+            let file = tokio::fs::File::from_std(file);
             *incoming = Some(Incoming {
                 vote,
                 meta,
@@ -272,4 +477,38 @@ async fn dispatch(
             .await
             .map_or_else(Reply::Failed, Reply::Service),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn refusals_are_logged_at_a_bounded_rate() {
+        let log = RefusalLog::default();
+        let allowed = (0..1000).filter(|_| log.allow()).count();
+        assert_eq!(allowed, REFUSAL_LINES_PER_SECOND_MAX as usize);
+    }
+
+    #[test]
+    fn a_full_registry_closes_the_connection_idle_longest() {
+        let registry = Registry::default();
+        let first = registry.admit(1, 2).unwrap();
+        let _second = registry.admit(2, 2).unwrap();
+        registry.set_idle(2, false);
+        // Connection 1 is idle (still saying hello), 2 is busy: 1 makes room for 3.
+        let _third = registry.admit(3, 2).unwrap();
+        assert!(
+            first.notified().now_or_never().is_some(),
+            "the idle one was not closed"
+        );
+        assert_eq!(
+            registry.lock().keys().copied().collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        // Every connection busy: a new one is refused.
+        registry.set_idle(3, false);
+        assert!(registry.admit(4, 2).is_none());
+    }
 }

@@ -79,7 +79,7 @@ fn read_store(store: &SharedStore) -> std::sync::RwLockReadGuard<'_, Store> {
 impl StateMachine {
     /// A state machine over `store`, keeping snapshots in `dir` (created if missing).
     pub fn new(store: SharedStore, dir: PathBuf) -> io::Result<StateMachine> {
-        std::fs::create_dir_all(&dir)?;
+        metakv_store::private::create_dir_all(&dir)?;
         Ok(StateMachine { store, dir })
     }
 
@@ -154,7 +154,7 @@ impl StateMachine {
 }
 
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = File::create(path)?;
+    let mut f = metakv_store::private::create_file(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -206,7 +206,7 @@ impl StateMachine {
         };
         let name = snapshot_name(&meta.last_log_id);
         let tmp = dir.join(format!("{name}.tmp"));
-        let out = BufWriter::new(File::create(&tmp)?);
+        let out = BufWriter::new(metakv_store::private::create_file(&tmp)?);
         let (summary, out) = view
             .export(Scope::Store, out, |_| {})
             .map_err(|e| other("exporting", e))?;
@@ -308,7 +308,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // if the archive is damaged, not at all.
             let tmp = dir.join(format!("{name}.tmp"));
             let mut src = BufReader::new(snapshot.file);
-            let mut dst = File::create(&tmp)?;
+            let mut dst = metakv_store::private::create_file(&tmp)?;
             io::copy(&mut src, &mut dst)?;
             dst.sync_all()?;
             // The archive carries the source's meta, applied log id and membership included, so

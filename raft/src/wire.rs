@@ -108,6 +108,15 @@ pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Wir
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
 ) -> Result<Option<T>, WireError> {
+    read_frame_max(r, FRAME_BYTES_MAX).await
+}
+
+/// [`read_frame`] of a frame at most `max` bytes long (a client's frames are bounded by the
+/// largest value the node takes, not by what a peer node may send).
+pub async fn read_frame_max<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<T>, WireError> {
     let mut header = [0u8; HEADER_BYTES];
     let mut got = 0;
     while got < HEADER_BYTES {
@@ -118,6 +127,9 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
         }
     }
     let (len, crc) = check_header(header)?;
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
     // The buffer grows with the bytes that arrive, not with the length a peer claims: a header
     // announcing the largest frame and then silence costs one small allocation.
     let mut payload = Vec::with_capacity(len.min(PAYLOAD_PREALLOC_MAX));
@@ -147,6 +159,9 @@ pub struct Hello {
 
 impl Hello {
     /// Whether a listener of cluster `cluster_id` admits this dialer; the refusal says why.
+    ///
+    /// A refusal names what the dialer sent, never what this node expected: a stranger does
+    /// not learn the cluster's id by guessing wrong.
     pub fn admit(&self, cluster_id: &str) -> Result<(), String> {
         if self.protocol != PROTOCOL_VERSION {
             Err(format!(
@@ -155,7 +170,7 @@ impl Hello {
             ))
         } else if self.cluster_id != cluster_id {
             Err(format!(
-                "cluster id {:?} is not this node's {cluster_id:?}",
+                "cluster id {:?} is not this node's",
                 self.cluster_id
             ))
         } else {

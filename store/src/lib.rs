@@ -34,6 +34,7 @@ mod error;
 mod keys;
 mod maintenance;
 mod op;
+pub mod private;
 pub mod record;
 mod store;
 mod tables;

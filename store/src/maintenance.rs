@@ -263,6 +263,8 @@ impl Store {
             .set_cache_size(self.cache_bytes)
             .create(path)
             .doing("creating the compacted file")?;
+        crate::private::restrict(path)
+            .map_err(crate::error::io("restricting the compacted file"))?;
         let mut rows = 0;
         rows += copy_table(&from, &to, RECORDS)?;
         rows += copy_table(&from, &to, TOMBSTONES)?;

@@ -101,6 +101,8 @@ impl Store {
             .set_cache_size(config.cache_bytes)
             .create(&config.path)
             .doing("opening the store file")?;
+        crate::private::restrict(&config.path)
+            .map_err(crate::error::io("restricting the store file"))?;
         Store::on(db, config)
     }
 

@@ -38,7 +38,9 @@ pub(crate) async fn pull(
     partial.push(".partial");
     let partial = PathBuf::from(partial);
     let outcome = async {
-        let mut out = BufWriter::new(File::create(&partial).map_err(|e| io("creating", e))?);
+        let mut out = BufWriter::new(
+            metakv_store::private::create_file(&partial).map_err(|e| io("creating", e))?,
+        );
         let mut crc = crc32fast::Hasher::new();
         let mut offset = 0;
         while offset < info.bytes {

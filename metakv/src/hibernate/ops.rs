@@ -4,10 +4,7 @@
 use super::*;
 
 /// Free bytes on the file system that holds `dir`.
-pub(super) fn free_bytes(dir: &std::path::Path) -> Option<u64> {
-    let s = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
-}
+use metakv_raft::server::free_bytes;
 
 pub(super) fn bucket_state_err(bucket: &str, state: BucketState, needed: &str) -> Error {
     Error::Rejected(metakv_raft::Rejection {

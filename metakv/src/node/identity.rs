@@ -178,21 +178,12 @@ fn draw_incarnation(path: &Path) -> Result<u64, IdentityError> {
 /// Writes the identity durably: a temporary file (owner-only), fsynced, renamed over
 /// `identity`, and the dir fsynced, so a crash leaves the old identity or the new, whole.
 fn write(dir: &Path, identity: &Identity) -> Result<(), IdentityError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    metakv_store::private::create_dir_all(dir)
         .map_err(|e| IdentityError::io("creating the data dir", dir, e))?;
     let path = dir.join(IDENTITY_FILE);
     let tmp: PathBuf = dir.join(format!("{IDENTITY_FILE}.tmp"));
     let bytes = metakv_store::codec::seal(IDENTITY_FORMAT, identity);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
+    let mut file = metakv_store::private::create_file(&tmp)
         .map_err(|e| IdentityError::io("creating", &tmp, e))?;
     file.write_all(&bytes)
         .and_then(|()| file.sync_all())

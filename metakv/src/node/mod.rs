@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use metakv_raft::candidacy::{Candidacy, LeaderContact, stand_promptly};
 use metakv_raft::network::Network;
 use metakv_raft::restore;
-use metakv_raft::server::{ServerConfig, Services, serve};
+use metakv_raft::server::{ServerConfig, ServerLimits, Services, serve};
 use metakv_raft::{LogClosed, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine};
 use metakv_store::{Changes, Op, SYS_BUCKET, Scan, Store};
 use openraft::async_runtime::WatchReceiver;
@@ -180,7 +180,8 @@ fn io(doing: &str, e: &dyn std::fmt::Display) -> Error {
 
 /// Opens (or creates) a node's files: the state store, the Raft log, the snapshot dir.
 async fn open_files(config: &NodeConfig) -> Result<(SharedStore, LogStore, StateMachine)> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| io("creating the data dir", &e))?;
+    metakv_store::private::create_dir_all(&config.data_dir)
+        .map_err(|e| io("creating the data dir", &e))?;
     if config.data_dir.join(restore::PARTIAL).exists() {
         return Err(Error::Storage(format!(
             "{} holds an unfinished restore ({}): remove the dir and restore again",
@@ -279,6 +280,13 @@ fn spawn_tasks(
         node_id: config.id,
         spool_dir: config.data_dir.join(restore::SNAPSHOT_DIR),
         leader_contact,
+        limits: ServerLimits {
+            connections_max: config.connections_max,
+            idle_timeout: config.idle_timeout,
+            // A client's request holds at most one value, its key and bucket name.
+            client_frame_bytes_max: config.value_bytes_max + (64 << 10),
+            ..ServerLimits::default()
+        },
     });
     tokio::spawn(crate::gc::drive(
         Arc::downgrade(core),

@@ -658,8 +658,9 @@ fn backup_then_restore_into_a_fresh_cluster() {
 }
 
 /// Every file and directory metakv writes is owner-only, also under `umask 000` (it was 0666
-/// and 0777 there): a node's data dir with its state, log, identity and snapshots, a
-/// backup's file, and a pause's archive in a directory it creates.
+/// and 0777 there): a node's data dir with its state, log, identity, snapshots and TLS
+/// material (the cluster CA, its certificate, the admin credentials), a backup's file, and a
+/// pause's archive in a directory it creates.
 #[test]
 fn files_are_owner_only_under_umask_000() {
     use std::os::unix::fs::PermissionsExt;
@@ -751,6 +752,9 @@ fn files_are_owner_only_under_umask_000() {
         data.join("snapshots").read_dir().unwrap().count() > 0,
         "no snapshot was built, so none was checked"
     );
+    for made in ["tls/ca.crt", "tls/ca.key", "tls/node.crt", "tls/node.key", "admin.creds"] {
+        assert!(data.join(made).exists(), "a new cluster's first node made no {made}");
+    }
     assert!(seen > 8, "only {seen} paths checked");
     assert!(
         loose.is_empty(),

@@ -102,11 +102,16 @@ impl NodeConfig {
             Ok(())
         };
         at_least("id", self.id, 1)?;
-        if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
+        // It names the cluster in every certificate (`metakv://<cluster id>/...`).
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.cluster_id.is_empty()
+            || self.cluster_id.len() > 64
+            || !self.cluster_id.chars().all(allowed)
+        {
             return Err(ConfigError::new(
                 "cluster_id",
                 format!(
-                    "cluster_id {:?} must have 1 to 64 characters",
+                    "cluster_id {:?} must have 1 to 64 characters, each a letter, a digit, '-', '_' or '.'",
                     self.cluster_id
                 ),
             ));
@@ -182,6 +187,24 @@ impl Default for HibernationConfig {
         HibernationConfig {
             janitor_interval_ms: 60_000,
             archives: Arc::new(UriArchives),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_id_is_a_name_a_certificate_can_carry() {
+        let mut c = NodeConfig::new(1, "/tmp/x", "127.0.0.1:0");
+        for good in ["metakv", "prod-eu.1", "a_b"] {
+            c.cluster_id = good.into();
+            assert!(c.validate().is_ok(), "{good}");
+        }
+        for bad in ["", "a/b", "a b", "ü", &"x".repeat(65)] {
+            c.cluster_id = bad.into();
+            assert_eq!(c.validate().unwrap_err().key, "cluster_id", "{bad:?}");
         }
     }
 }

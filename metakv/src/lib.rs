@@ -7,11 +7,12 @@
 #![forbid(unsafe_code)]
 
 // The floors, bottom up; nothing imports a floor above its own (`floors` in the tests):
-// sync, error, api, archives, config, pool -> node_core -> drivers (backup, gc, hibernate,
+// sync, error, archives, tls -> api, config -> pool -> node_core -> drivers (backup, gc, hibernate,
 // snapshots) -> node (the composition root) -> client (a `Kv` over TCP).
 mod archives;
 mod config;
 mod sync;
+pub mod tls;
 
 pub mod api;
 mod error;

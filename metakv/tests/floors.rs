@@ -10,7 +10,7 @@
 //!  3  node_core                      propose, reads, leadership, exclusive access, the tick
 //!  2  pool
 //!  1  api  config
-//!  0  sync  error  archives
+//!  0  sync  error  archives  tls
 //! ```
 //!
 //! Unit tests (`#[cfg(test)] mod tests`) may reach anywhere: they stand outside the floors.
@@ -22,6 +22,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("sync", 0),
     ("error", 0),
     ("archives", 0),
+    ("tls", 0),
     ("api", 1),
     ("config", 1),
     ("pool", 2),

@@ -38,6 +38,7 @@ use crate::hibernate::{Hibernation, HibernationState};
 use crate::node_core::{Core, DRIVER_TICK, Redirect, blocking_err, redirect};
 use crate::pool::{Pool, unavailable};
 use crate::sync::lock;
+use crate::tls::{NodeTls, Subject};
 
 mod identity;
 mod membership;
@@ -422,9 +423,11 @@ impl Node {
             }
             (_, true) => {
                 tracing::info!(id = config.id, %addr, "node restarted on its files");
+                self.check_tls().await?;
                 self.record_own_address().await?;
             }
             (None, false) => {
+                self.make_tls().await?;
                 let members = BTreeMap::from([(config.id, NodeAddr { addr: addr.clone() })]);
                 raft.initialize(members)
                     .await
@@ -446,6 +449,49 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Makes a new cluster's CA, this node's certificate and the admin credentials file
+    /// (`crate::tls`), once, on the first start of the node that makes the cluster.
+    async fn make_tls(&self) -> Result<()> {
+        let config = &self.inner.core.config;
+        if NodeTls::exists(&config.data_dir) {
+            return self.check_tls().await;
+        }
+        let (dir, subject) = (config.data_dir.clone(), self.tls_subject());
+        let host = self
+            .inner
+            .addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']).to_owned());
+        tokio::task::spawn_blocking(move || NodeTls::create(&dir, &subject, host.as_deref()))
+            .await
+            .map_err(blocking_err)?
+            .map_err(|e| io("making the cluster's TLS material", &e))?;
+        tracing::info!(
+            creds = %config.data_dir.join(crate::tls::ADMIN_CREDS).display(),
+            "made the cluster CA, this node's certificate and the admin credentials"
+        );
+        Ok(())
+    }
+
+    /// Checks that the TLS material in the data dir, if any, is this node's.
+    async fn check_tls(&self) -> Result<()> {
+        let (dir, subject) = (self.inner.core.config.data_dir.clone(), self.tls_subject());
+        if !NodeTls::exists(&dir) {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || NodeTls::load(&dir, &subject).map(|_| ()))
+            .await
+            .map_err(blocking_err)?
+            .map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    fn tls_subject(&self) -> Subject {
+        Subject::Node {
+            cluster: self.inner.core.config.cluster_id.clone(),
+            id: self.inner.core.id,
+        }
     }
 
     /// A node alone in its cluster whose membership records another address than the one it

@@ -752,8 +752,17 @@ fn files_are_owner_only_under_umask_000() {
         data.join("snapshots").read_dir().unwrap().count() > 0,
         "no snapshot was built, so none was checked"
     );
-    for made in ["tls/ca.crt", "tls/ca.key", "tls/node.crt", "tls/node.key", "admin.creds"] {
-        assert!(data.join(made).exists(), "a new cluster's first node made no {made}");
+    for made in [
+        "tls/ca.crt",
+        "tls/ca.key",
+        "tls/node.crt",
+        "tls/node.key",
+        "admin.creds",
+    ] {
+        assert!(
+            data.join(made).exists(),
+            "a new cluster's first node made no {made}"
+        );
     }
     assert!(seen > 8, "only {seen} paths checked");
     assert!(

@@ -153,7 +153,7 @@ fn rss_bytes(pid: u32) -> u64 {
 /// RSS, and a snapshot announced as 1 TB was spooled until the disk filled. Now connections
 /// are bounded (a new one closes the one idle longest) and time out when idle, a client's
 /// frame is bounded by the largest value, and a snapshot must fit the disk before a byte is
-/// written.
+/// written; refusals are logged at a bounded rate (18.6k lines in 5 s before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_connections_and_frames_leaves_the_node_serving_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -258,6 +258,31 @@ async fn a_flood_of_connections_and_frames_leaves_the_node_serving_in_bounded_me
     assert!(
         closed.is_ok(),
         "an idle connection stayed open 10 s with a 2 s idle timeout"
+    );
+
+    tracing::info!("--- 1,000 garbage handshakes write a bounded number of log lines");
+    let log = || std::fs::read_to_string(dir.path().join("node1.log")).unwrap_or_default();
+    let lines_before = log()
+        .lines()
+        .filter(|l| l.contains("bad handshake"))
+        .count();
+    let started = std::time::Instant::now();
+    for _ in 0..1000 {
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        let _ = tcp.write_all(b"GET / HTTP/1.1\r\n\r\n\r\n\r\n").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seconds = started.elapsed().as_secs() + 1;
+    let logged = log()
+        .lines()
+        .filter(|l| l.contains("bad handshake"))
+        .count()
+        - lines_before;
+    assert!(logged > 0, "no refusal was logged at all");
+    assert!(
+        logged as u64
+            <= (seconds + 1) * u64::from(metakv_raft::server::REFUSAL_LINES_PER_SECOND_MAX),
+        "{logged} refusal lines in {seconds} s"
     );
 
     let rss_after = rss_bytes(node.child.id());

@@ -21,10 +21,11 @@ pub struct BenchArgs {
     pub key_bytes: usize,
 }
 
-/// Runs against `endpoint`, or against a 3-node cluster on 127.0.0.1 in a temp dir when `None`.
+/// Runs against `endpoints`, or against a 3-node cluster on 127.0.0.1 in a temp dir when
+/// `None`.
 pub fn run(
     args: BenchArgs,
-    endpoint: Option<String>,
+    endpoints: Option<Vec<String>>,
     cluster_id: String,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -33,8 +34,8 @@ pub fn run(
     runtime.block_on(async move {
         let dir = tempfile::Builder::new().prefix("metakv-bench-").tempdir()?;
         let mut nodes = Vec::new();
-        let endpoint = match &endpoint {
-            Some(e) => e.clone(),
+        let endpoints = match endpoints {
+            Some(e) => e,
             None => {
                 let first = Node::start(NodeConfig::new(1, dir.path().join("n1"), "127.0.0.1:0")).await?;
                 let seed = first.addr().to_owned();
@@ -44,13 +45,13 @@ pub fn run(
                     c.join = Some(seed.clone());
                     nodes.push(Node::start(c).await?);
                 }
-                seed
+                vec![seed]
             }
         };
-        let probe = Client::new(vec![endpoint.clone()], &cluster_id);
+        let probe = Client::new(endpoints, &cluster_id);
         let status = probe.status().await?;
         let leader_addr = if status.role == Role::Leader {
-            endpoint.clone()
+            status.addr.clone()
         } else {
             let leader = status.leader.ok_or("the cluster has no leader")?;
             status.members.iter().find(|m| m.id == leader).map(|m| m.addr.clone()).ok_or("leader not among members")?

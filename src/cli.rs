@@ -38,24 +38,71 @@ impl From<std::io::Error> for Fail {
     }
 }
 
-pub fn run(endpoint: String, cluster_id: String, json: bool, cmd: ClientCmd) -> ExitCode {
+/// The nodes an `--endpoint` names: `host:port` items separated by commas.
+pub fn endpoints(raw: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if items.is_empty() {
+        return Err(format!("--endpoint {raw:?} names no node"));
+    }
+    for item in &items {
+        let port = item.rsplit_once(':').filter(|(host, _)| !host.is_empty());
+        if !port.is_some_and(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0)) {
+            return Err(format!(
+                "--endpoint {item:?} is not host:port (for example 127.0.0.1:7379)"
+            ));
+        }
+    }
+    Ok(items)
+}
+
+/// A usage error (exit code 2), before anything was sent.
+pub fn usage_error(json: bool, message: &str) -> ExitCode {
+    fail(json, Fail(2, message.to_owned()))
+}
+
+pub fn run(endpoints: Vec<String>, cluster_id: String, json: bool, cmd: ClientCmd) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
         Ok(r) => r,
-        Err(e) => return fail(Fail(1, e.to_string())),
+        Err(e) => return fail(json, Fail(1, e.to_string())),
     };
-    let client = Client::new(vec![endpoint], &cluster_id);
+    let client = Client::new(endpoints, &cluster_id);
     match runtime.block_on(command(&client, json, cmd)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => fail(f),
+        Err(f) => fail(json, f),
     }
 }
 
-fn fail(Fail(code, message): Fail) -> ExitCode {
-    eprintln!("metakv: {message}");
+/// What kind of failure an exit code stands for, as `--json` names it.
+fn kind_of(code: u8) -> &'static str {
+    match code {
+        2 => "usage",
+        3 => "not_found",
+        4 => "expectation_failed",
+        5 => "bucket_paused",
+        _ => "failed",
+    }
+}
+
+/// Reports a failure: one line on stderr, or with `--json` one object on stderr
+/// (`{"error":{"kind","code","message"}}`); the exit code is the same either way.
+fn fail(json: bool, Fail(code, message): Fail) -> ExitCode {
+    if json {
+        eprintln!(
+            "{}",
+            json!({"error": {"kind": kind_of(code), "code": code, "message": message}})
+        );
+    } else {
+        eprintln!("metakv: {message}");
+    }
     ExitCode::from(code)
 }
 

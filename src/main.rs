@@ -27,8 +27,8 @@ use metakv::{Node, NodeConfig};
 #[derive(Debug, Parser)]
 #[command(name = "metakv", version, about)]
 struct Cli {
-    /// A node of the cluster to talk to [default: 127.0.0.1:7379; `bench` without it starts
-    /// its own 3-node cluster].
+    /// Nodes of the cluster to talk to, comma-separated (`a:7379,b:7379`); a request goes to
+    /// the first that answers [default: 127.0.0.1:7379].
     #[arg(long, global = true, env = "METAKV_ENDPOINT")]
     endpoint: Option<String>,
     /// Nodes and clients of another cluster id refuse each other [default: metakv].
@@ -81,6 +81,7 @@ enum Command {
         gc_min_age: Option<u64>,
     },
     /// Closed-loop durable writes against a cluster: writes/s and p50/p99/max latency.
+    /// Without --endpoint it starts its own 3-node cluster in a temporary directory.
     Bench(bench::BenchArgs),
     /// Walk through the store in a temporary directory: users, deletes, tombstone GC,
     /// compaction, pause and resume of a bucket, integrity check.
@@ -95,16 +96,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Client(cmd) => {
-            let endpoint = cli.endpoint.unwrap_or_else(|| "127.0.0.1:7379".into());
+            let raw = cli.endpoint.as_deref().unwrap_or("127.0.0.1:7379");
+            let endpoints = match cli::endpoints(raw) {
+                Ok(e) => e,
+                Err(why) => return cli::usage_error(cli.json, &why),
+            };
             let cluster_id = cli.cluster_id.unwrap_or_else(|| "metakv".into());
-            return cli::run(endpoint, cluster_id, cli.json, cmd);
+            return cli::run(endpoints, cluster_id, cli.json, cmd);
         }
         Command::Demo { users } => demo::run(users),
-        Command::Bench(args) => bench::run(
-            args,
-            cli.endpoint,
-            cli.cluster_id.unwrap_or_else(|| "metakv".into()),
-        ),
+        Command::Bench(args) => {
+            let endpoints = match cli.endpoint.as_deref().map(cli::endpoints).transpose() {
+                Ok(e) => e,
+                Err(why) => return cli::usage_error(cli.json, &why),
+            };
+            bench::run(
+                args,
+                endpoints,
+                cli.cluster_id.unwrap_or_else(|| "metakv".into()),
+            )
+        }
         Command::Serve {
             config,
             id,

@@ -771,3 +771,66 @@ fn files_are_owner_only_under_umask_000() {
         loose.join("\n")
     );
 }
+
+/// `--endpoint` takes a list, as `Client::new` and etcdctl's `--endpoints` do: the first node
+/// that answers serves. A bad item is a usage error (exit 2). With `--json`, a failure is one
+/// JSON object on stderr and keeps its exit code.
+#[test]
+fn endpoint_lists_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let nobody = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let list = format!("{nobody}, {}", node.addr);
+    let (code, _, err) = cli(&list, &["bucket", "create", "users"]);
+    assert_eq!(code, 0, "through {list}: {err}");
+    let out = metakv()
+        .env("METAKV_ENDPOINT", &list)
+        .args(["put", "users", "ada", "v"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "METAKV_ENDPOINT={list}");
+
+    for bad in [
+        "",
+        ",",
+        "localhost",
+        "127.0.0.1:notaport",
+        ":7379",
+        "127.0.0.1:0",
+    ] {
+        let (code, _, err) = cli(bad, &["get", "users", "ada"]);
+        assert_eq!(code, 2, "--endpoint {bad:?}: {err}");
+        assert!(err.contains("--endpoint"), "--endpoint {bad:?}: {err}");
+    }
+
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap();
+    for (args, code, kind) in [
+        (vec!["--json", "get", "users", "nobody"], 3, "not_found"),
+        (vec!["--json", "get", "nothing", "k"], 3, "not_found"),
+        (
+            vec!["--json", "put", "users", "ada", "w", "--if-rev", "1"],
+            4,
+            "expectation_failed",
+        ),
+    ] {
+        let (got, out, err) = cli(&node.addr, &args);
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?} printed {out:?} on stdout");
+        let e = json(&err);
+        assert_eq!(e["error"]["kind"], kind, "{args:?}: {err}");
+        assert_eq!(e["error"]["code"], code, "{args:?}: {err}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (code, _, err) = cli("nowhere", &["--json", "get", "users", "ada"]);
+    assert_eq!(
+        (code, json(&err)["error"]["kind"].as_str()),
+        (2, Some("usage"))
+    );
+}

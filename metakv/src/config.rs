@@ -90,7 +90,7 @@ impl NodeConfig {
 
 impl NodeConfig {
     /// Checks every setting; the error names the setting (as the config file spells it) and
-    /// what is wrong with it. [`Node::start`] runs this before it touches the data dir.
+    /// what is wrong with it. [`Node::start`](crate::Node::start) runs this before it touches the data dir.
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         let at_least = |key: &'static str, v: u64, min: u64| {
             if v < min {

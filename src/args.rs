@@ -180,8 +180,10 @@ pub enum ClientCmd {
         bucket: String,
         #[arg(long, default_value = "")]
         prefix: String,
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
+        /// Lists at most this many records (and says on stderr when more follow)
+        /// [default: every record, read a page at a time].
+        #[arg(long)]
+        limit: Option<usize>,
         /// Lists tombstones too.
         #[arg(long)]
         tombstones: bool,

@@ -26,9 +26,16 @@ impl From<Error> for Fail {
         let code = match e.rejection_kind() {
             Some(RejectionKind::BucketNotFound) => 3,
             Some(RejectionKind::BucketPaused) => 5,
+            _ if matches!(e, Error::Ambiguous { .. }) => 7,
             _ => 1,
         };
-        Fail(code, e.to_string())
+        let mut message = e.to_string();
+        if code == 7 {
+            message.push_str(
+                " (read it back to know; a write with --if-rev or --if-absent is safe to send again)",
+            );
+        }
+        Fail(code, message)
     }
 }
 
@@ -88,6 +95,7 @@ fn kind_of(code: u8) -> &'static str {
         3 => "not_found",
         4 => "expectation_failed",
         5 => "bucket_paused",
+        7 => "outcome_unknown",
         _ => "failed",
     }
 }
@@ -233,11 +241,11 @@ async fn list(
     json: bool,
     bucket: &str,
     prefix: &str,
-    limit: usize,
+    limit: Option<usize>,
     tombstones: bool,
 ) -> Result<(), Fail> {
     let mut after = None;
-    let mut left = limit;
+    let mut left = limit.unwrap_or(usize::MAX);
     while left > 0 {
         let page = client
             .scan(
@@ -269,6 +277,28 @@ async fn list(
         }
         left = left.saturating_sub(page.items.len());
         match page.next {
+            Some(n) if left == 0 => {
+                // Cut by --limit: say so if anything follows (a full page names a next one
+                // whether or not there is more), and where the rest begins.
+                let rest = client
+                    .scan(
+                        bucket,
+                        prefix.as_bytes(),
+                        Some(n.clone()),
+                        1,
+                        tombstones,
+                        Consistency::Linearizable,
+                    )
+                    .await?;
+                if !rest.items.is_empty() {
+                    eprintln!(
+                        "metakv: listed the first {} records; more follow after {} (a larger --limit, or none, lists them)",
+                        limit.unwrap_or_default(),
+                        String::from_utf8_lossy(&n)
+                    );
+                }
+                break;
+            }
             Some(n) => after = Some(n),
             None => break,
         }

@@ -834,3 +834,50 @@ fn endpoint_lists_and_json_errors() {
         (2, Some("usage"))
     );
 }
+
+/// `ls` stopped at 1,000 records without a word. It lists every record by default (a page at
+/// a time), and `--limit N` says on stderr when more follow.
+#[test]
+fn ls_lists_everything_and_says_when_a_limit_cut_it() {
+    use metakv::Kv;
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = metakv::Client::new(vec![node.addr.clone()], "metakv");
+        client.create_bucket("many").await.unwrap();
+        let client = &client;
+        // 50 at a time: the log commits them in groups, and the client's connections stay
+        // under the node's limit.
+        for chunk in (0..1_500).collect::<Vec<u32>>().chunks(50) {
+            let puts = chunk.iter().map(|i| async move {
+                client
+                    .put(
+                        "many",
+                        format!("k{i:05}").as_bytes(),
+                        b"v",
+                        metakv::Expect::Any,
+                    )
+                    .await
+            });
+            for r in futures_util::future::join_all(puts).await {
+                r.unwrap();
+            }
+        }
+    });
+    let (code, out, err) = cli(&node.addr, &["ls", "many"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().count(),
+        1_500,
+        "ls listed {} records",
+        out.lines().count()
+    );
+    assert!(err.is_empty(), "{err}");
+    let (code, out, err) = cli(&node.addr, &["ls", "many", "--limit", "10"]);
+    assert_eq!((code, out.lines().count()), (0, 10), "{err}");
+    assert!(err.contains("more follow after k00009"), "{err}");
+    let (_, out, err) = cli(&node.addr, &["ls", "many", "--limit", "1500"]);
+    assert_eq!(out.lines().count(), 1_500);
+    assert!(err.is_empty(), "nothing follows, yet: {err}");
+}

@@ -78,3 +78,75 @@ async fn kill_9_of_the_leader_process_loses_no_acknowledged_write() {
     assert_eq!(count, acked.len(), "the restarted node caught up");
     assert!(restarted.get("b", b"after/49").await.unwrap().is_some());
 }
+
+/// A put through a follower while the leader was killed answered "unavailable: connection
+/// closed by the peer" although the value was there: a caller could not tell "not done" from
+/// "outcome unknown". A write sent without an answer is now `Error::Ambiguous`, naming the
+/// write; a read in the same spot is `Unavailable` (it changed nothing); and a write that could
+/// not be sent at all is `Unavailable` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_without_an_answer_is_ambiguous_not_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = serve(dir.path(), 1, "127.0.0.1:0", None);
+    let client = Client::new(vec![node.addr.clone()], "metakv")
+        .with_timeout(std::time::Duration::from_millis(500));
+    client.create_bucket("users").await.unwrap();
+    // The pooled connection is up; the node stops answering after it.
+    let pid = node.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let put = client.put("users", b"ada", b"admin", Expect::Any).await;
+    let read = client.get("users", b"ada").await;
+    signal("-CONT");
+    match &put {
+        Err(metakv::Error::Ambiguous { what, reason }) => {
+            assert!(what.contains("put users/\"ada\""), "{what}");
+            assert!(!reason.is_empty());
+        }
+        other => panic!("a put sent without an answer answered {other:?}"),
+    }
+    assert!(
+        put.unwrap_err()
+            .to_string()
+            .contains("may or may not have been applied"),
+        "the message does not say the outcome is unknown"
+    );
+    assert!(
+        matches!(read, Err(metakv::Error::Unavailable(_))),
+        "a read without an answer answered {read:?}"
+    );
+    // It was applied after all, once the node woke: "unknown" was the right answer. A retry
+    // with an expectation is refused instead of applying it twice.
+    let mut got = None;
+    for _ in 0..50 {
+        got = client.get("users", b"ada").await.ok().flatten();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(got.map(|r| r.value), Some(b"admin".to_vec()));
+    let again = client
+        .put("users", b"ada", b"admin", Expect::Absent)
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, metakv::Applied::Conflict { .. }),
+        "{again:?}"
+    );
+
+    drop(node);
+    let gone = client.put("users", b"bob", b"v", Expect::Any).await;
+    assert!(
+        matches!(gone, Err(metakv::Error::Unavailable(_))),
+        "a write to a node that is gone answered {gone:?}"
+    );
+}

@@ -50,7 +50,8 @@ impl Kv for Client {
                 Ok(reply) => return Ok(reply),
                 // Only a failure to reach the node is retried elsewhere: the request was not sent.
                 Err(e) if e.is_connect() => last = Some(e),
-                Err(e) => return Err(unavailable(e)),
+                // Sent, and no answer: a write's outcome is unknown.
+                Err(e) => return Err(request.failed_after_sending(e.to_string())),
             }
         }
         Err(last

@@ -52,8 +52,8 @@ pub struct NodeConfig {
     pub logs_kept_after_snapshot: u64,
     /// How long a client request waits for a leader or a forwarded answer.
     pub request_timeout: Duration,
-    /// Open connections at most (peers and clients); at the limit a new connection closes
-    /// the one idle longest. Keep it under the process's open-file limit.
+    /// Open connections at most (peers and clients); at the limit a new connection closes one
+    /// idle for a second or more, or is refused. Keep it under the process's open-file limit.
     pub connections_max: usize,
     /// A connection that sends no request for this long is closed.
     pub idle_timeout: Duration,

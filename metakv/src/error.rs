@@ -9,8 +9,8 @@ pub enum Error {
     /// The op was refused and changed nothing: bad input, unknown or paused bucket...
     #[error("{0}")]
     Rejected(Rejection),
-    /// No leader could be reached in time, or the node is shutting down; the request may or may
-    /// not have been applied if it was a write that timed out.
+    /// No leader could be reached in time, or the node is shutting down: nothing was applied.
+    /// (A write that was sent and not answered is [`Error::Ambiguous`].)
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The node asked is not the leader (and was asked not to forward); `leader` is the one
@@ -31,6 +31,13 @@ pub enum Error {
     /// back); a backup leaves no file.
     #[error("archive: {0}")]
     Archive(String),
+    /// A write was sent and no answer came back (the connection failed or the time ran out
+    /// after the request left): it may or may not have been applied. `what` says which write.
+    /// A write with an expectation (`Expect::Rev`, `Expect::Absent`) is safe to send again: if
+    /// the first one was applied, the second is refused as a failed expectation. A write
+    /// without one may be applied twice.
+    #[error("outcome unknown: {what} was sent, then {reason}; it may or may not have been applied")]
+    Ambiguous { what: String, reason: String },
 }
 
 impl Error {

@@ -6,8 +6,8 @@
 //! undecodable gets a `Malformed` reply, is logged, and closes that connection only.
 //!
 //! What a dialer can make the node hold is bounded ([`ServerLimits`]): open connections (at
-//! the limit a new one closes the one idle longest, so idle connections cannot lock clients
-//! out), the time a connection may sit idle, a client's frame size, an incoming snapshot's size
+//! the limit a new one closes one still in its handshake or idle for a second, so idle
+//! connections cannot lock clients out), the time a connection may sit idle, a client's frame size, an incoming snapshot's size
 //! (its announced length, which must fit the spool dir's free space), and the lines refusals
 //! write to the log per second.
 
@@ -39,8 +39,8 @@ pub const REFUSAL_LINES_PER_SECOND_MAX: u32 = 10;
 /// What the listener bounds, whoever dials it.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
-    /// Open connections at most. At the limit a new connection closes the one that has been
-    /// idle longest (one still saying hello is idle); if every one is busy it is refused.
+    /// Open connections at most. At the limit a new connection closes one that has not
+    /// finished its handshake, or one idle for [`EVICT_IDLE_MIN`] or more; else it is refused.
     pub connections_max: usize,
     /// A connection that sends no request for this long is closed. A request under way (a
     /// watch's long poll) is not idle.
@@ -114,9 +114,19 @@ impl RefusalLog {
     }
 }
 
-/// An open connection: when it went idle (`None`: a request is under way), and how to close
-/// it.
-type Slot = (Option<Instant>, Arc<tokio::sync::Notify>);
+/// An open connection: whether it has finished its handshake, when it went idle (`None`: a
+/// request is under way), and how to close it.
+#[derive(Debug)]
+struct Slot {
+    handshaken: bool,
+    idle_since: Option<Instant>,
+    close: Arc<tokio::sync::Notify>,
+}
+
+/// How long a connection must have been idle before a new one may close it. A client may be
+/// sending a request on a connection that has just gone idle; closing it would leave a
+/// write's outcome unknown.
+const EVICT_IDLE_MIN: Duration = Duration::from_secs(1);
 
 /// The open connections, by id.
 #[derive(Debug, Default)]
@@ -131,27 +141,53 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes room for connection `id` under `max`: closes the connection idle longest if
-    /// needed. `None` if every connection is busy (the new one is refused).
+    /// Makes room for connection `id` under `max`, closing in this order the one that has
+    /// waited longest without finishing its handshake (nothing was sent on it), or the one
+    /// idle longest, if for at least [`EVICT_IDLE_MIN`]. `None` if neither exists: the new
+    /// connection is refused (it has sent nothing either).
     fn admit(&self, id: u64, max: usize) -> Option<Arc<tokio::sync::Notify>> {
         let mut conns = self.lock();
         if conns.len() >= max.max(1) {
-            let oldest = conns
+            let now = Instant::now();
+            let in_handshake = conns
                 .iter()
-                .filter_map(|(id, (idle, _))| idle.map(|since| (since, *id)))
-                .min()?;
-            if let Some((_, close)) = conns.remove(&oldest.1) {
-                close.notify_one();
+                .filter(|(_, s)| !s.handshaken)
+                .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+                .min();
+            let idle = || {
+                conns
+                    .iter()
+                    .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+                    .filter(|(t, _)| now.duration_since(*t) >= EVICT_IDLE_MIN)
+                    .min()
+            };
+            let (_, victim) = in_handshake.or_else(idle)?;
+            if let Some(slot) = conns.remove(&victim) {
+                slot.close.notify_one();
             }
         }
         let close = Arc::new(tokio::sync::Notify::new());
-        conns.insert(id, (Some(Instant::now()), Arc::clone(&close)));
+        conns.insert(
+            id,
+            Slot {
+                handshaken: false,
+                idle_since: Some(Instant::now()),
+                close: Arc::clone(&close),
+            },
+        );
         Some(close)
+    }
+
+    fn handshaken(&self, id: u64) {
+        if let Some(slot) = self.lock().get_mut(&id) {
+            slot.handshaken = true;
+            slot.idle_since = Some(Instant::now());
+        }
     }
 
     fn set_idle(&self, id: u64, idle: bool) {
         if let Some(slot) = self.lock().get_mut(&id) {
-            slot.0 = idle.then(Instant::now);
+            slot.idle_since = idle.then(Instant::now);
         }
     }
 
@@ -307,13 +343,13 @@ async fn connection(
     {
         return;
     }
+    conn.registry.handshaken(conn.id);
     let frame_max = match hello.from {
         Some(_) => FRAME_BYTES_MAX,
         None => limits.client_frame_bytes_max,
     };
     let mut incoming: Option<Incoming> = None;
     loop {
-        conn.registry.set_idle(conn.id, true);
         let next = tokio::time::timeout(
             limits.idle_timeout,
             read_frame_max::<_, Request>(&mut stream, frame_max),
@@ -357,6 +393,7 @@ async fn connection(
         if write_frame(&mut stream, &reply).await.is_err() || close {
             break;
         }
+        conn.registry.set_idle(conn.id, true);
     }
     let _ = stream.shutdown().await;
     if let Some(inc) = incoming {
@@ -492,23 +529,38 @@ mod tests {
     }
 
     #[test]
-    fn a_full_registry_closes_the_connection_idle_longest() {
+    fn a_full_registry_closes_a_handshake_first_then_a_long_idle_one_else_refuses() {
         let registry = Registry::default();
         let first = registry.admit(1, 2).unwrap();
-        let _second = registry.admit(2, 2).unwrap();
-        registry.set_idle(2, false);
-        // Connection 1 is idle (still saying hello), 2 is busy: 1 makes room for 3.
+        let second = registry.admit(2, 2).unwrap();
+        registry.handshaken(2);
+        // Connection 1 never finished its handshake: it makes room for 3.
         let _third = registry.admit(3, 2).unwrap();
         assert!(
             first.notified().now_or_never().is_some(),
-            "the idle one was not closed"
+            "1 was not closed"
+        );
+        registry.handshaken(3);
+        // 2 and 3 are handshaken and idle for less than EVICT_IDLE_MIN: 4 is refused.
+        assert!(registry.admit(4, 2).is_none());
+        // Once 2 has been idle long enough, it makes room; a busy one never does.
+        registry.set_idle(3, false);
+        registry.lock().get_mut(&2).unwrap().idle_since =
+            Some(Instant::now() - EVICT_IDLE_MIN - Duration::from_millis(1));
+        assert!(registry.admit(5, 2).is_some());
+        assert!(
+            second.notified().now_or_never().is_some(),
+            "2 was not closed"
         );
         assert_eq!(
             registry.lock().keys().copied().collect::<Vec<_>>(),
-            vec![2, 3]
+            vec![3, 5]
         );
-        // Every connection busy: a new one is refused.
-        registry.set_idle(3, false);
-        assert!(registry.admit(4, 2).is_none());
+        registry.handshaken(5);
+        registry.set_idle(5, false);
+        assert!(
+            registry.admit(6, 2).is_none(),
+            "a busy connection was closed"
+        );
     }
 }

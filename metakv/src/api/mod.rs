@@ -335,3 +335,32 @@ pub struct BackupInfo {
     /// Records and tombstones.
     pub records: u64,
 }
+
+impl ClientRequest {
+    /// The answer to this request when a call that carried it failed with `reason` after it
+    /// was sent: [`Error::Ambiguous`] for a write, `Unavailable` for anything else (a read
+    /// changed nothing).
+    pub(crate) fn failed_after_sending(&self, reason: String) -> Error {
+        match self {
+            ClientRequest::Write(op) => Error::Ambiguous {
+                what: describe(op),
+                reason,
+            },
+            _ => Error::Unavailable(reason),
+        }
+    }
+}
+
+/// A write as a person names it: `put users/"ada"`.
+fn describe(op: &Op) -> String {
+    use metakv_store::KeyDisplay;
+    match op {
+        Op::Put { bucket, key, .. } => format!("put {bucket}/{}", KeyDisplay(key.clone())),
+        Op::Delete { bucket, key, .. } => {
+            format!("delete {bucket}/{}", KeyDisplay(key.clone()))
+        }
+        Op::CreateBucket { bucket } => format!("create bucket {bucket}"),
+        Op::DropBucket { bucket } => format!("drop bucket {bucket}"),
+        _ => "an internal write".to_owned(),
+    }
+}

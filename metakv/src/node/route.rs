@@ -63,7 +63,12 @@ impl Node {
                         Ok(ClientReply::Error(Error::NotLeader { .. })) => {}
                         Ok(reply) => return Ok(reply),
                         Err(e) if e.is_connect() => {}
-                        Err(e) => return Err(unavailable(e)),
+                        // Forwarded, and no answer: the leader may have applied a write.
+                        Err(e) => {
+                            return Err(request.failed_after_sending(format!(
+                                "the leader (node {id}) did not answer: {e}"
+                            )));
+                        }
                     }
                 }
                 Err(Redirect(_)) => {}
@@ -102,12 +107,11 @@ impl Node {
         Ok(match request {
             ClientRequest::Write(op) => match op.validate(self.inner.core.config.value_bytes_max) {
                 Err(e) => Err(Error::from_store(e)),
-                Ok(()) => self
-                    .inner
-                    .core
-                    .propose(op.clone())
-                    .await?
-                    .map(ClientReply::Applied),
+                Ok(()) => match self.inner.core.propose(op.clone()).await? {
+                    // Proposed, then Raft stopped: the entry may have been committed.
+                    Err(Error::Unavailable(why)) => Err(request.failed_after_sending(why)),
+                    applied => applied.map(ClientReply::Applied),
+                },
             },
             ClientRequest::Get {
                 bucket,

@@ -275,6 +275,10 @@ async fn perform(client: &Client, call: &Call) -> Outcome {
         Ok(other) => Outcome::Unknown(format!("answered {other:?}")),
         // Refused before it was proposed, or at apply: it changed nothing.
         Err(Error::Rejected(r)) => Outcome::Failed(r.message),
+        // The library's promise: `Unavailable` means nothing was sent or proposed (a write
+        // whose outcome is unknown is `Ambiguous`). The checker holds it to that: a write
+        // answered `Unavailable` that shows up in a read is a violation.
+        Err(Error::Unavailable(m)) => Outcome::Failed(format!("unavailable: {m}")),
         Err(e) => Outcome::Unknown(e.to_string()),
     };
     match call {

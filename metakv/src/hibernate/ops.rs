@@ -2,8 +2,6 @@
 //! the record of the step before.
 
 use super::*;
-
-/// Free bytes on the file system that holds `dir`.
 use metakv_raft::server::free_bytes;
 
 pub(super) fn bucket_state_err(bucket: &str, state: BucketState, needed: &str) -> Error {

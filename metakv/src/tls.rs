@@ -193,7 +193,8 @@ impl ClusterCa {
     /// SHA-256 of the CA certificate's DER: what a join token carries, so that a joining node
     /// trusts exactly this CA.
     pub fn fingerprint(&self) -> [u8; 32] {
-        let der = der_of(&self.cert_pem).unwrap_or_default();
+        // The PEM was made here or checked when loaded (`NodeTls::load`).
+        let der = der_of(&self.cert_pem).expect("a checked CA certificate");
         let digest = ring::digest::digest(&ring::digest::SHA256, &der);
         digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
     }
@@ -331,6 +332,11 @@ impl NodeTls {
             cert_pem: read(&dir.join(CA_CERT))?,
             key_pem: read(&dir.join(CA_KEY)).unwrap_or_default(),
         };
+        // A damaged CA file is refused here, not misread later.
+        der_of(&ca.cert_pem).map_err(|reason| TlsError::Unreadable {
+            path: dir.join(CA_CERT),
+            reason,
+        })?;
         let node = Credential {
             cert_pem: read(&dir.join(NODE_CERT))?,
             key_pem: read(&dir.join(NODE_KEY))?,
@@ -433,6 +439,9 @@ mod tests {
         );
         let e = NodeTls::load(&data, &node(2)).unwrap_err();
         assert!(matches!(e, TlsError::OtherSubject { .. }), "{e}");
+        std::fs::write(data.join(TLS_DIR).join(CA_CERT), "not a certificate").unwrap();
+        let e = NodeTls::load(&data, &node(1)).unwrap_err();
+        assert!(matches!(e, TlsError::Unreadable { .. }), "{e}");
         assert!(
             !format!("{made:?}").contains("PRIVATE KEY"),
             "a key in Debug output"

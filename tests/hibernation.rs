@@ -27,9 +27,14 @@ async fn fill(node: &Node, bucket: &str, n: usize) -> Vec<(Vec<u8>, Record)> {
     local_records(node, bucket).await
 }
 
-/// Every running node's copy of `bucket` (after it applied everything `via` did).
+/// Every running node's copy of `bucket`, once each has applied everything that `via` or any
+/// other running node has (a change made through the leader may not have reached `via` yet).
 async fn copies(cluster: &Cluster, via: &Node, bucket: &str) -> Vec<Vec<(Vec<u8>, Record)>> {
-    cluster.applied(applied_on(via).await).await;
+    let mut index = applied_on(via).await;
+    for node in cluster.running() {
+        index = index.max(node.node_status().applied);
+    }
+    cluster.applied(index).await;
     let mut out = Vec::new();
     for node in cluster.running() {
         out.push(local_records(node, bucket).await);

@@ -65,7 +65,9 @@ async fn run(n: usize) {
     assert_eq!(info.records, n as u64, "every record is back");
 
     // A backup of the whole store through a client over TCP, and an offline restore of it.
-    let client = metakv::Client::new(vec![leader.addr().to_owned()], "metakv");
+    let creds = metakv::ClientCreds::load(&dir.path().join("node1").join(metakv::tls::ADMIN_CREDS))
+        .unwrap();
+    let client = metakv::Client::new(vec![leader.addr().to_owned()], "metakv", &creds).unwrap();
     let backup_file = dir.path().join("store.backup");
     let t = Instant::now();
     let backup = client.backup(&backup_file, |_, _| {}).await.unwrap();

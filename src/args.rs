@@ -12,6 +12,16 @@ pub enum ClusterCmd {
     AddNode { id: u64, addr: String },
     /// Removes node ID from the voters.
     RemoveNode { id: u64 },
+    /// Prints a join token: a new node joins with `metakv serve --join ADDR --token TOKEN`
+    /// and receives its certificate. The token is shown once; it works once, until it expires.
+    JoinToken {
+        /// How long the token works (`30m`, `1h`, `2d`; at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = crate::cli::parse_duration_ms)]
+        ttl: u64,
+        /// Revokes the token with this id (the id `join-token` printed) instead.
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,4 +206,19 @@ pub enum ClientCmd {
         #[arg(long, default_value_t = 0)]
         from_rev: u64,
     },
+}
+
+impl ClientCmd {
+    /// Whether the command works on files only and talks to no node (no credentials needed).
+    pub fn is_offline(&self) -> bool {
+        matches!(
+            self,
+            ClientCmd::Check { data_dir: Some(_) }
+                | ClientCmd::Compact {
+                    data_dir: Some(_),
+                    ..
+                }
+                | ClientCmd::Restore { .. }
+        )
+    }
 }

@@ -4,7 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use metakv::{Client, Expect, Kv, Node, NodeConfig, Role};
+use metakv::{Expect, Kv, Node, NodeConfig, Role};
+
+/// Says on stderr what the connections are.
+fn progress_note_security(insecure: bool) {
+    if insecure {
+        eprintln!("metakv bench: plain TCP (--insecure)");
+    } else {
+        eprintln!("metakv bench: TLS 1.3, client certificates");
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +36,8 @@ pub fn run(
     args: BenchArgs,
     endpoints: Option<Vec<String>>,
     cluster_id: String,
+    insecure: bool,
+    creds: Option<std::path::PathBuf>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -34,21 +45,37 @@ pub fn run(
     runtime.block_on(async move {
         let dir = tempfile::Builder::new().prefix("metakv-bench-").tempdir()?;
         let mut nodes = Vec::new();
-        let endpoints = match endpoints {
-            Some(e) => e,
+        let (endpoints, security) = match endpoints {
+            Some(e) => (e, crate::cli::security(insecure, creds.as_deref())?),
             None => {
-                let first = Node::start(NodeConfig::new(1, dir.path().join("n1"), "127.0.0.1:0")).await?;
-                let seed = first.addr().to_owned();
-                nodes.push(first);
-                for id in 2..=3 {
+                let security = if insecure { metakv::Security::Insecure } else { metakv::Security::Tls };
+                let config = |id: u64| {
                     let mut c = NodeConfig::new(id, dir.path().join(format!("n{id}")), "127.0.0.1:0");
+                    c.cluster_id = cluster_id.clone();
+                    c.security = security;
+                    c
+                };
+                let first = Node::start(config(1)).await?;
+                let seed = first.addr().to_owned();
+                for id in 2..=3 {
+                    let mut c = config(id);
                     c.join = Some(seed.clone());
+                    if !insecure {
+                        c.join_token = Some(first.join_token(Duration::from_secs(60)).await?.token);
+                    }
                     nodes.push(Node::start(c).await?);
                 }
-                vec![seed]
+                nodes.insert(0, first);
+                let security = match insecure {
+                    true => crate::cli::Security::Insecure,
+                    false => crate::cli::Security::Creds(metakv::ClientCreds::load(&dir.path().join("n1").join(metakv::tls::ADMIN_CREDS))?),
+                };
+                (vec![seed], security)
             }
         };
-        let probe = Client::new(endpoints, &cluster_id);
+        progress_note_security(insecure);
+        let client = |endpoints: Vec<String>| crate::cli::client(&security, endpoints, &cluster_id);
+        let probe = client(endpoints)?;
         let status = probe.status().await?;
         let leader_addr = if status.role == Role::Leader {
             status.addr.clone()
@@ -68,10 +95,10 @@ pub fn run(
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..args.clients {
-            let (addr, cluster_id, value, key_bytes) = (leader_addr.clone(), cluster_id.clone(), value.clone(), args.key_bytes);
+            let (value, key_bytes) = (value.clone(), args.key_bytes);
             let progress = std::sync::Arc::clone(&progress);
+            let client = client(vec![leader_addr.clone()])?;
             tasks.push(tokio::spawn(async move {
-                let client = Client::new(vec![addr], &cluster_id);
                 let mut latencies = Vec::with_capacity(per_client);
                 for i in 0..per_client {
                     let mut key = format!("c{c:04}k{i:09}").into_bytes();
@@ -84,18 +111,19 @@ pub fn run(
                 Ok::<_, metakv::Error>(latencies)
             }));
         }
-        let before = Client::new(vec![leader_addr.clone()], &cluster_id).status().await?;
+        let before = client(vec![leader_addr.clone()])?.status().await?;
         let mut all: Vec<Duration> = Vec::with_capacity(args.ops);
         for t in tasks {
             all.extend(t.await??);
         }
         let elapsed = started.elapsed();
         progress.finish();
-        let after = Client::new(vec![leader_addr.clone()], &cluster_id).status().await?;
+        let after = client(vec![leader_addr.clone()])?.status().await?;
         all.sort();
         let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
         outln!(
-            "metakv bench: clients={} ops={} value_bytes={} writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} leader_log_entries_per_fsync={:.1}",
+            "metakv bench: tls={} clients={} ops={} value_bytes={} writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} leader_log_entries_per_fsync={:.1}",
+            !insecure,
             args.clients,
             all.len(),
             args.value_bytes,

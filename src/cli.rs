@@ -72,7 +72,60 @@ pub fn usage_error(json: bool, message: &str) -> ExitCode {
     fail(json, Fail(2, message.to_owned()))
 }
 
-pub fn run(endpoints: Vec<String>, cluster_id: String, json: bool, cmd: ClientCmd) -> ExitCode {
+/// How a command talks to the nodes.
+#[derive(Debug)]
+pub enum Security {
+    Creds(metakv::ClientCreds),
+    Insecure,
+}
+
+/// Where the CLI finds credentials when `--creds` is not given: the admin credentials of a
+/// node started in this directory with the defaults (`metakv serve`).
+pub const DEFAULT_CREDS: &str = "metakv-data/admin.creds";
+
+/// The credentials a command presents (`--creds`, `METAKV_CREDS`, or [`DEFAULT_CREDS`]), or
+/// insecure with a warning.
+pub fn security(insecure: bool, creds: Option<&std::path::Path>) -> Result<Security, String> {
+    if insecure {
+        if creds.is_some() {
+            return Err("--insecure and --creds exclude each other".into());
+        }
+        eprintln!("metakv: warning: --insecure: nothing sent or received is encrypted or verified");
+        return Ok(Security::Insecure);
+    }
+    let path = creds.unwrap_or(std::path::Path::new(DEFAULT_CREDS));
+    if !path.exists() {
+        return Err(format!(
+            "no credentials at {}: pass --creds FILE (or METAKV_CREDS), the admin.creds file in \
+             the data dir of the cluster's first node; --insecure talks to a node started with \
+             --insecure",
+            path.display()
+        ));
+    }
+    metakv::ClientCreds::load(path)
+        .map(Security::Creds)
+        .map_err(|e| format!("credentials: {e}"))
+}
+
+/// A client of `endpoints` secured as `security` says.
+pub fn client(
+    security: &Security,
+    endpoints: Vec<String>,
+    cluster_id: &str,
+) -> Result<Client, metakv::Error> {
+    match security {
+        Security::Insecure => Ok(Client::insecure(endpoints, cluster_id)),
+        Security::Creds(creds) => Client::new(endpoints, cluster_id, creds),
+    }
+}
+
+pub fn run(
+    endpoints: Vec<String>,
+    cluster_id: String,
+    security: Security,
+    json: bool,
+    cmd: ClientCmd,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -81,7 +134,10 @@ pub fn run(endpoints: Vec<String>, cluster_id: String, json: bool, cmd: ClientCm
         Ok(r) => r,
         Err(e) => return fail(json, Fail(1, e.to_string())),
     };
-    let client = Client::new(endpoints, &cluster_id);
+    let client = match client(&security, endpoints, &cluster_id) {
+        Ok(c) => c,
+        Err(e) => return fail(json, Fail(2, e.to_string())),
+    };
     match runtime.block_on(command(&client, json, cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => fail(json, f),
@@ -437,7 +493,7 @@ async fn cluster_command(client: &Client, json: bool, cmd: ClusterCmd) -> Result
                     .nodes
                     .iter()
                     .map(|n| match &n.status {
-                        Ok(s) => json!({"id": s.id, "addr": s.addr, "role": role(s.role), "applied": s.applied, "committed": s.committed, "file_bytes": s.state_file_bytes + s.log_file_bytes}),
+                        Ok(s) => json!({"id": s.id, "addr": s.addr, "role": role(s.role), "applied": s.applied, "committed": s.committed, "file_bytes": s.state_file_bytes + s.log_file_bytes, "secure": s.secure}),
                         Err(e) => json!({"id": n.member.id, "addr": n.member.addr, "role": "unreachable", "error": e.to_string()}),
                     })
                     .collect();
@@ -453,6 +509,10 @@ async fn cluster_command(client: &Client, json: bool, cmd: ClusterCmd) -> Result
                 );
                 for n in &cs.nodes {
                     match &n.status {
+                        Ok(s) if !s.secure => outln!(
+                            "{}  INSECURE: plain TCP, anyone who reaches it can read and act as a member",
+                            status_line(s)
+                        ),
                         Ok(s) => outln!("{}", status_line(s)),
                         Err(e) => outln!(
                             "{:>4}  {:<21}  unreachable ({e})",
@@ -497,6 +557,35 @@ async fn cluster_command(client: &Client, json: bool, cmd: ClusterCmd) -> Result
                 outln!("{}", json!({"removed": id}))
             } else {
                 outln!("node {id} removed")
+            }
+        }
+        ClusterCmd::JoinToken {
+            revoke: Some(id), ..
+        } => {
+            client.revoke_join_token(&id).await?;
+            if json {
+                outln!("{}", json!({"revoked": id}))
+            } else {
+                outln!("join token {id} revoked")
+            }
+        }
+        ClusterCmd::JoinToken { ttl, revoke: None } => {
+            let info = client
+                .join_token(std::time::Duration::from_millis(ttl))
+                .await?;
+            if json {
+                outln!(
+                    "{}",
+                    json!({"token": info.token, "id": info.id, "expires_ms": info.expires_ms})
+                )
+            } else {
+                outln!("{}", info.token);
+                eprintln!(
+                    "join token {} works once, for {}: metakv serve --id N --join <a member's \
+                     address> --token <the token>",
+                    info.id,
+                    crate::output::duration_ms(ttl)
+                );
             }
         }
     }

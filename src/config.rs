@@ -57,6 +57,8 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     pub join: Option<String>,
     pub cluster_id: Option<String>,
+    /// `insecure = true`: plain TCP, no certificates (see `--insecure`).
+    pub insecure: Option<bool>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -116,6 +118,8 @@ pub struct Flags {
     pub listen: Option<String>,
     pub advertise: Option<String>,
     pub join: Option<String>,
+    pub token: Option<String>,
+    pub insecure: bool,
     pub cluster_id: Option<String>,
     pub gc_interval: Option<u64>,
     pub gc_threshold: Option<u64>,
@@ -148,6 +152,10 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<NodeConfig, String> {
     let mut c = NodeConfig::new(id, data_dir, listen);
     c.advertise = flags.advertise.or(file.advertise);
     c.join = flags.join.or(file.join);
+    c.join_token = flags.token;
+    if flags.insecure || file.insecure == Some(true) {
+        c.security = metakv::Security::Insecure;
+    }
     if let Some(cluster_id) = flags.cluster_id.or(file.cluster_id) {
         c.cluster_id = cluster_id;
     }

@@ -37,6 +37,14 @@ struct Cli {
     /// One JSON object per result (one per line for ls and watch).
     #[arg(long, global = true)]
     json: bool,
+    /// Credentials file (the cluster CA and a user's certificate and key) for client commands
+    /// [default: ./metakv-data/admin.creds, which the first node of a cluster writes].
+    #[arg(long, global = true, env = "METAKV_CREDS")]
+    creds: Option<PathBuf>,
+    /// Plain TCP, nothing verified: for a node, serve without TLS (anyone who reaches the port
+    /// can read every value and act as a member); for a command, talk to such a node.
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +76,15 @@ enum Command {
         /// A member of a running cluster to join (a new node only; a restart needs no join).
         #[arg(long)]
         join: Option<String>,
+        /// The join token (`metakv cluster join-token`) that gets a new node its certificate
+        /// from the member it joins through; also read from METAKV_JOIN_TOKEN.
+        #[arg(
+            long,
+            env = "METAKV_JOIN_TOKEN",
+            hide_env_values = true,
+            requires = "join"
+        )]
+        token: Option<String>,
         /// Time between tombstone GC jobs while this node leads (0: only on demand) [default: 1h].
         #[arg(long, value_parser = cli::parse_duration_ms)]
         gc_interval: Option<u64>,
@@ -102,7 +119,15 @@ fn main() -> ExitCode {
                 Err(why) => return cli::usage_error(cli.json, &why),
             };
             let cluster_id = cli.cluster_id.unwrap_or_else(|| "metakv".into());
-            return cli::run(endpoints, cluster_id, cli.json, cmd);
+            let security = match cmd.is_offline() {
+                // It builds a client it never uses: nothing is dialed.
+                true => cli::Security::Insecure,
+                false => match cli::security(cli.insecure, cli.creds.as_deref()) {
+                    Ok(s) => s,
+                    Err(why) => return cli::usage_error(cli.json, &why),
+                },
+            };
+            return cli::run(endpoints, cluster_id, security, cli.json, cmd);
         }
         Command::Demo { users } => demo::run(users),
         Command::Bench(args) => {
@@ -114,6 +139,8 @@ fn main() -> ExitCode {
                 args,
                 endpoints,
                 cli.cluster_id.unwrap_or_else(|| "metakv".into()),
+                cli.insecure,
+                cli.creds,
             )
         }
         Command::Serve {
@@ -123,6 +150,7 @@ fn main() -> ExitCode {
             listen,
             advertise,
             join,
+            token,
             gc_interval,
             gc_threshold,
             gc_min_age,
@@ -133,6 +161,8 @@ fn main() -> ExitCode {
                 listen,
                 advertise,
                 join,
+                token,
+                insecure: cli.insecure,
                 cluster_id: cli.cluster_id,
                 gc_interval,
                 gc_threshold,

@@ -203,3 +203,19 @@ pub(crate) fn hibernation_json(h: &metakv::HibernationStatus) -> Value {
     });
     json!({"bucket": h.bucket, "state": h.state.as_str(), "last": record, "running": running})
 }
+
+/// A duration as a person reads it: `1h`, `30m`, `2d`, `1500ms`.
+pub(crate) fn duration_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    for (size, unit) in UNITS {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}

@@ -113,11 +113,9 @@ async fn a_backup_pulled_through_a_follower_restores_into_a_new_cluster() {
     let seed = first.addr().to_owned();
     let mut nodes = vec![first];
     for id in 2..=3 {
-        nodes.push(
-            Node::start(config(fresh.path(), id, Some(seed.clone())))
-                .await
-                .unwrap(),
-        );
+        let mut c = config(fresh.path(), id, Some(seed.clone()));
+        c.join_token = Some(common::token(&nodes[0]).await);
+        nodes.push(Node::start(c).await.unwrap());
     }
     // The restored node recorded the address it serves on, not the one given to restore.
     let status = nodes[0].cluster_status().await.unwrap();

@@ -49,12 +49,17 @@ fn unknown_command_is_a_usage_error() {
 
 /// Runs the CLI against `addr`; returns exit code, stdout, stderr.
 fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out = metakv()
-        .arg("--endpoint")
-        .arg(addr)
-        .args(args)
-        .output()
-        .unwrap();
+    // The admin credentials of the node's cluster, as `METAKV_CREDS` would give them.
+    cli_with(common::creds_for(addr), addr, args)
+}
+
+/// Runs the CLI against `addr` with the credentials file `creds`.
+fn cli_with(creds: Option<std::path::PathBuf>, addr: &str, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = metakv();
+    if let Some(creds) = creds {
+        cmd.env("METAKV_CREDS", creds);
+    }
+    let out = cmd.arg("--endpoint").arg(addr).args(args).output().unwrap();
     let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -180,7 +185,11 @@ fn client_commands_against_a_real_node() {
     let (code, _, err) = cli(addr, &["bucket", "create", "Bad Name"]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid bucket name"), "{err}");
-    let (code, _, err) = cli("127.0.0.1:1", &["get", "users", "ada"]);
+    let (code, _, err) = cli_with(
+        common::creds_for(addr),
+        "127.0.0.1:1",
+        &["get", "users", "ada"],
+    );
     assert_eq!(code, 1);
     assert!(
         err.contains("cannot connect") && err.lines().count() == 1,
@@ -427,6 +436,7 @@ fn serve_reads_a_config_file_and_flags_override_it() {
     let addr = node.addr.as_str();
     let with_id = |args: &[&str]| {
         let out = metakv()
+            .env("METAKV_CREDS", dir.path().join("data/admin.creds"))
             .args(["--endpoint", addr, "--cluster-id", "from-file"])
             .args(args)
             .output()
@@ -443,10 +453,11 @@ fn serve_reads_a_config_file_and_flags_override_it() {
         7
     );
     assert!(dir.path().join("data").join("state.redb").exists());
-    // The file's cluster id: a client of the default one is refused at the handshake.
-    let (code, _, err) = cli(addr, &["cluster", "status"]);
+    // The file's cluster id: a client of the default one does not trust the node.
+    let creds = Some(dir.path().join("data/admin.creds"));
+    let (code, _, err) = cli_with(creds, addr, &["cluster", "status"]);
     assert_eq!(code, 1);
-    assert!(err.contains("cluster id"), "{err}");
+    assert!(err.contains("no node of cluster \"metakv\""), "{err}");
     // The file's GC minimum age of 0: fresh tombstones are collectable.
     assert_eq!(with_id(&["bucket", "create", "b"]).0, 0);
     assert_eq!(with_id(&["put", "b", "k", "v"]).0, 0);
@@ -698,6 +709,7 @@ fn files_are_owner_only_under_umask_000() {
         .to_owned();
     let run = |args: &[&str]| {
         let out = under_umask_000(bin)
+            .env("METAKV_CREDS", data.join("admin.creds"))
             .arg("--endpoint")
             .arg(&addr)
             .args(args)
@@ -788,6 +800,7 @@ fn endpoint_lists_and_json_errors() {
     assert_eq!(code, 0, "through {list}: {err}");
     let out = metakv()
         .env("METAKV_ENDPOINT", &list)
+        .env("METAKV_CREDS", common::creds_for(&node.addr).unwrap())
         .args(["put", "users", "ada", "v"])
         .output()
         .unwrap();
@@ -844,7 +857,7 @@ fn ls_lists_everything_and_says_when_a_limit_cut_it() {
     let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = metakv::Client::new(vec![node.addr.clone()], "metakv");
+        let client = common::client(dir.path(), vec![node.addr.clone()]);
         client.create_bucket("many").await.unwrap();
         let client = &client;
         // 50 at a time: the log commits them in groups, and the client's connections stay

@@ -4,7 +4,7 @@
 mod common;
 
 use common::serve;
-use metakv::{Client, Consistency, Expect, Kv, Role};
+use metakv::{Consistency, Expect, Kv, Role};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_process_loses_no_acknowledged_write() {
@@ -15,7 +15,7 @@ async fn kill_9_of_the_leader_process_loses_no_acknowledged_write() {
         procs.push(serve(dir.path(), id, "127.0.0.1:0", Some(&seed)));
     }
     let endpoints: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
-    let client = Client::new(endpoints.clone(), "metakv");
+    let client = common::client(dir.path(), endpoints.clone());
     client.create_bucket("b").await.unwrap();
     let mut acked = Vec::new();
     for i in 0..50u32 {
@@ -28,7 +28,7 @@ async fn kill_9_of_the_leader_process_loses_no_acknowledged_write() {
     }
     let mut leader = None;
     for (i, addr) in endpoints.iter().enumerate() {
-        let status = Client::new(vec![addr.clone()], "metakv")
+        let status = common::client(dir.path(), vec![addr.clone()])
             .status()
             .await
             .unwrap();
@@ -45,7 +45,7 @@ async fn kill_9_of_the_leader_process_loses_no_acknowledged_write() {
         .filter(|a| **a != old_addr)
         .cloned()
         .collect();
-    let client = Client::new(survivors.clone(), "metakv");
+    let client = common::client(dir.path(), survivors.clone());
     for i in 0..50u32 {
         let key = format!("after/{i}");
         client
@@ -63,7 +63,7 @@ async fn kill_9_of_the_leader_process_loses_no_acknowledged_write() {
     // The killed node restarts on its files and its address, and catches up.
     let id = leader as u64 + 1;
     procs[leader] = serve(dir.path(), id, &old_addr, None);
-    let restarted = Client::new(vec![old_addr.clone()], "metakv");
+    let restarted = common::client(dir.path(), vec![old_addr.clone()]);
     let mut count = 0;
     for _ in 0..200 {
         count = restarted
@@ -88,7 +88,7 @@ async fn kill_9_of_the_leader_process_loses_no_acknowledged_write() {
 async fn a_write_sent_without_an_answer_is_ambiguous_not_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let node = serve(dir.path(), 1, "127.0.0.1:0", None);
-    let client = Client::new(vec![node.addr.clone()], "metakv")
+    let client = common::client(dir.path(), vec![node.addr.clone()])
         .with_timeout(std::time::Duration::from_millis(500));
     client.create_bucket("users").await.unwrap();
     // The pooled connection is up; the node stops answering after it.

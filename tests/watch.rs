@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::Cluster;
-use metakv::{Applied, Client, Consistency, Expect, Kv, Op, WatchEvent};
+use metakv::{Applied, Consistency, Expect, Kv, Op, WatchEvent};
 use metakv_store::TombstoneRef;
 
 /// Reads events until one at `last_rev`; checks they come in strictly increasing revision
@@ -94,7 +94,7 @@ async fn watchers_see_changes_in_order_across_a_leader_change() {
     for id in &others {
         assert_eq!(follow(cluster.node(*id), last).await, want, "node {id}");
     }
-    let client = Client::new(vec![cluster.node(others[0]).addr().to_owned()], "metakv");
+    let client = cluster.client(vec![cluster.node(others[0]).addr().to_owned()]);
     assert_eq!(follow(&client, last).await, want, "remote client");
     cluster.shutdown().await;
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use metakv::{Node, NodeConfig, Role};
+use metakv::{Kv, Node, NodeConfig, Role};
 
 /// Requests in flight at once when loading.
 pub const IN_FLIGHT: usize = 256;
@@ -36,7 +36,15 @@ pub async fn cluster(dir: &std::path::Path, tune: impl Fn(&mut NodeConfig)) -> (
     let seed = first.addr().to_owned();
     let mut nodes = vec![first];
     for id in 2..=3 {
-        nodes.push(Node::start(config(id, Some(seed.clone()))).await.unwrap());
+        let mut c = config(id, Some(seed.clone()));
+        c.join_token = Some(
+            nodes[0]
+                .join_token(Duration::from_secs(600))
+                .await
+                .unwrap()
+                .token,
+        );
+        nodes.push(Node::start(c).await.unwrap());
     }
     let leader = loop {
         if let Some(l) = nodes.iter().find(|n| n.node_status().role == Role::Leader) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::api::{ClientReply, ClientRequest, Kv};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, unavailable};
+use crate::tls::ClientCreds;
 
 /// A connection to a cluster through one or more of its nodes. The node asked forwards
 /// writes and linearizable reads to the leader: a client never needs to know who leads.
@@ -17,21 +18,46 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the cluster `cluster_id` reached through `endpoints` (tried in order; the
-    /// next one is tried when one cannot be reached).
-    pub fn new(endpoints: Vec<String>, cluster_id: &str) -> Client {
+    /// A client of the secure cluster `cluster_id` reached through `endpoints` (tried in
+    /// order; the next one is tried when one cannot be reached). It talks TLS 1.3, trusts
+    /// only nodes certified by the CA in `creds`, and presents the user's certificate there.
+    ///
+    /// # Errors
+    ///
+    /// `Rejected` (kind `Invalid`) when `creds` cannot be used (a damaged certificate or key).
+    pub fn new(endpoints: Vec<String>, cluster_id: &str, creds: &ClientCreds) -> Result<Client> {
+        let tls = creds
+            .transport(cluster_id)
+            .map_err(|e| Error::invalid(format!("credentials: {e}")))?;
+        Ok(Client {
+            endpoints,
+            cluster_id: cluster_id.to_owned(),
+            pool: Pool::new(cluster_id.to_owned(), None, Some(tls)),
+            timeout: Duration::from_secs(15),
+        })
+    }
+
+    /// A client of a cluster whose nodes run insecure ([`crate::Security::Insecure`]): plain
+    /// TCP, nothing verified. A secure node refuses it.
+    pub fn insecure(endpoints: Vec<String>, cluster_id: &str) -> Client {
         Client {
             endpoints,
             cluster_id: cluster_id.to_owned(),
-            pool: Pool::new(cluster_id.to_owned(), None),
+            pool: Pool::new(cluster_id.to_owned(), None, None),
             timeout: Duration::from_secs(15),
         }
     }
 
-    /// A client of the same cluster, with the same timeout, through `endpoint` only: what a
-    /// request meant for one node (`compact_node`, `check_node`, `status`) goes through.
+    /// A client of the same cluster, with the same credentials and timeout, through
+    /// `endpoint` only: what a request meant for one node (`compact_node`, `check_node`,
+    /// `status`) goes through.
     pub fn via(&self, endpoint: &str) -> Client {
-        Client::new(vec![endpoint.to_owned()], &self.cluster_id).with_timeout(self.timeout)
+        Client {
+            endpoints: vec![endpoint.to_owned()],
+            cluster_id: self.cluster_id.clone(),
+            pool: Pool::new(self.cluster_id.clone(), None, self.pool.tls().cloned()),
+            timeout: self.timeout,
+        }
     }
 
     /// How long one request may take, forwarding included.

@@ -25,6 +25,19 @@ impl ConfigError {
     }
 }
 
+/// How a node's connections are secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Security {
+    /// TLS 1.3 on every connection, both ends certified by the cluster CA (see
+    /// [`crate::tls`]). The node's material is in `<data dir>/tls/`: made on a new cluster's
+    /// first start, received with a join token, or loaded on a restart.
+    #[default]
+    Tls,
+    /// Plain TCP, and a peer is whoever it says it is: anyone who reaches the port can read
+    /// every value and act as a member. For a trusted network only.
+    Insecure,
+}
+
 /// How a node runs. [`NodeConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -40,6 +53,12 @@ pub struct NodeConfig {
     /// A member of the cluster to join; `None` starts (or restarts) on the node's own files, and
     /// a node with no files then initializes a single-node cluster.
     pub join: Option<String>,
+    /// A join token (`metakv cluster join-token`): what a new node of a secure cluster shows
+    /// the member it joins through, to receive its certificate. Not needed once the node has
+    /// its certificate (a restart).
+    pub join_token: Option<String>,
+    /// How connections are secured: TLS with the cluster's certificates (the default), or not.
+    pub security: Security,
     pub value_bytes_max: usize,
     pub cache_bytes: usize,
     pub heartbeat_ms: u64,
@@ -72,6 +91,8 @@ impl NodeConfig {
             advertise: None,
             cluster_id: "metakv".into(),
             join: None,
+            join_token: None,
+            security: Security::Tls,
             value_bytes_max: metakv_store::VALUE_BYTES_MAX_DEFAULT,
             cache_bytes: metakv_store::CACHE_BYTES_DEFAULT,
             heartbeat_ms: 100,

@@ -29,16 +29,17 @@ mod client;
 mod node;
 
 pub use api::{
-    BackupInfo, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, GcStatus,
-    HibernationStatus, Kv, Member, MemberReport, NodeCheck, NodeCompacted, NodeStatus, OpProgress,
-    Role, ScanPage, Watch, WatchEvent,
+    BackupInfo, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Enrollment,
+    GcStatus, HibernationStatus, JoinTokenInfo, Kv, Member, MemberReport, NodeCheck, NodeCompacted,
+    NodeStatus, OpProgress, Role, ScanPage, Watch, WatchEvent,
 };
 pub use archives::{ArchiveError, Archives, UriArchives};
 pub use client::Client;
-pub use config::{ConfigError, HibernationConfig, NodeConfig};
+pub use config::{ConfigError, HibernationConfig, NodeConfig, Security};
 pub use error::{Error, Result};
 pub use metakv_gc::hibernate::{HibernationRecord, Manifest, OpId, OpKind, Phase};
 pub use metakv_gc::{self as gc_engine, GcConfig, JobId, JobRecord, Outcome as GcOutcome};
 pub use metakv_raft::{Rejection, RejectionKind};
 pub use metakv_store::{self as store, Applied, BucketInfo, BucketState, Expect, Op, Record};
-pub use node::{IDENTITY_FILE, Identity, IdentityError, Node, WATCH_WAIT_MS_MAX};
+pub use node::{IDENTITY_FILE, Identity, IdentityError, Node, TOKEN_TTL_MAX, WATCH_WAIT_MS_MAX};
+pub use tls::ClientCreds;

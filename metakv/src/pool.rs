@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use metakv_raft::network::{CallError, Conn};
+use metakv_raft::secure::TransportTls;
 use metakv_raft::wire::{Reply, Request};
 
 use crate::api::{CLIENT_SERVICE, ClientReply, ClientRequest};
@@ -18,16 +19,23 @@ const IDLE_PER_ADDR_MAX: usize = 8;
 pub(crate) struct Pool {
     cluster_id: String,
     from: Option<u64>,
+    /// TLS for every dial; `None` in insecure mode.
+    tls: Option<TransportTls>,
     idle: Mutex<HashMap<String, Vec<Conn>>>,
 }
 
 impl Pool {
-    pub(crate) fn new(cluster_id: String, from: Option<u64>) -> Pool {
+    pub(crate) fn new(cluster_id: String, from: Option<u64>, tls: Option<TransportTls>) -> Pool {
         Pool {
             cluster_id,
             from,
+            tls,
             idle: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn tls(&self) -> Option<&TransportTls> {
+        self.tls.as_ref()
     }
 
     fn take(&self, addr: &str) -> Option<Conn> {
@@ -55,7 +63,9 @@ impl Pool {
             match self.take(addr) {
                 Some(conn) if conn.is_stale() => continue,
                 Some(conn) => break conn,
-                None => break Conn::dial(addr, &self.cluster_id, self.from).await?,
+                None => {
+                    break Conn::dial(addr, &self.cluster_id, self.from, self.tls.as_ref()).await?;
+                }
             }
         };
         let reply = conn.call(request, ttl).await?;

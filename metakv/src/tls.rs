@@ -21,6 +21,17 @@
 //! checks them (TLS 1.3 with client certificates) builds on it (`docs/design.md`, "Security").
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use metakv_raft::secure::{Peer, TransportTls};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -166,6 +177,20 @@ fn der_of(pem: &str) -> Result<Vec<u8>, String> {
 }
 
 impl ClusterCa {
+    /// The CA of `cert_pem` with its key `key_pem` (empty: a CA whose key this node lacks).
+    pub fn from_pem(cert_pem: String, key_pem: String) -> Result<ClusterCa, TlsError> {
+        der_of(&cert_pem).map_err(|e| bad("the CA certificate", e))?;
+        if !key_pem.is_empty() {
+            KeyPair::from_pem(&key_pem)?;
+        }
+        Ok(ClusterCa { cert_pem, key_pem })
+    }
+
+    /// The CA's key (PEM), empty where this node does not hold it.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     /// Makes a new CA for cluster `cluster_id`.
     pub fn create(cluster_id: &str) -> Result<ClusterCa, TlsError> {
         let key = KeyPair::generate()?;
@@ -317,12 +342,37 @@ impl NodeTls {
         write(&dir.join(CA_CERT), &ca.cert_pem)?;
         write(&dir.join(CA_KEY), &ca.key_pem)?;
         write(&dir.join(NODE_KEY), &node.key_pem)?;
-        write(&dir.join(NODE_CERT), &node.cert_pem)?;
         write(
             &data_dir.join(ADMIN_CREDS),
             &format!("{}{}{}", ca.cert_pem, admin.cert_pem, admin.key_pem),
         )?;
+        // Last: `exists` looks for it, so a crash before here makes it all again.
+        write(&dir.join(NODE_CERT), &node.cert_pem)?;
         Ok(NodeTls { ca, node })
+    }
+
+    /// Writes received material (a join token's enrollment) into `data_dir`; the node
+    /// certificate must be `expected`'s and chain to the CA.
+    pub fn store(&self, data_dir: &Path, expected: &Subject) -> Result<(), TlsError> {
+        let found = subject_of(&self.node.cert_pem)?;
+        if found != *expected {
+            return Err(TlsError::OtherSubject {
+                path: data_dir.join(TLS_DIR).join(NODE_CERT),
+                found,
+                expected: expected.clone(),
+            });
+        }
+        let dir = data_dir.join(TLS_DIR);
+        metakv_store::private::create_dir_all(&dir).map_err(|source| TlsError::Io {
+            doing: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        write(&dir.join(CA_CERT), &self.ca.cert_pem)?;
+        write(&dir.join(CA_KEY), &self.ca.key_pem)?;
+        write(&dir.join(NODE_KEY), &self.node.key_pem)?;
+        // Last: `exists` looks for it, so a crash before here leaves no half of the material.
+        write(&dir.join(NODE_CERT), &self.node.cert_pem)
     }
 
     /// Loads `data_dir`'s material and checks that its node certificate is `expected`'s.
@@ -350,6 +400,352 @@ impl NodeTls {
             });
         }
         Ok(NodeTls { ca, node })
+    }
+}
+
+/// What a client presents and trusts: the cluster CA and a user's credential, as a
+/// credentials file holds them (`ADMIN_CREDS`: the CA certificate, the user's certificate, its
+/// key, PEM).
+#[derive(Clone)]
+pub struct ClientCreds {
+    pub ca_pem: String,
+    pub user: Credential,
+}
+
+impl std::fmt::Debug for ClientCreds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCreds")
+            .field("user", &subject_of(&self.user.cert_pem).ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCreds {
+    /// Reads a credentials file.
+    pub fn load(path: &Path) -> Result<ClientCreds, TlsError> {
+        let text = read(path)?;
+        ClientCreds::parse(&text).map_err(|reason| TlsError::Unreadable {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Parses a credentials file's text: two certificates (the CA's, the user's) and a key.
+    pub fn parse(pem: &str) -> Result<ClientCreds, String> {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("not a credentials file: {e}"))?;
+        let [ca, user] = certs.as_slice() else {
+            return Err(format!(
+                "a credentials file holds the CA's certificate and the user's; this one holds {} \
+                 certificates",
+                certs.len()
+            ));
+        };
+        PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("no key: {e}"))?;
+        let pem_of = |der: &CertificateDer<'_>| pem_encode("CERTIFICATE", der.as_ref());
+        let user_pem = pem_of(user);
+        subject_of(&user_pem).map_err(|e| e.to_string())?;
+        Ok(ClientCreds {
+            ca_pem: pem_of(ca),
+            user: Credential {
+                cert_pem: user_pem,
+                key_pem: pem.to_owned(),
+            },
+        })
+    }
+
+    /// The credentials file's text.
+    pub fn to_pem(&self) -> String {
+        format!(
+            "{}{}{}",
+            self.ca_pem,
+            self.user.cert_pem,
+            key_blocks(&self.user.key_pem)
+        )
+    }
+
+    /// The client side of the transport: trusts nodes of `cluster_id` under this CA and
+    /// presents the user's certificate.
+    pub fn transport(&self, cluster_id: &str) -> Result<TransportTls, TlsError> {
+        let trust = Trust::Roots(roots(&self.ca_pem)?);
+        let client = client_config(cluster_id, trust, Some(&self.user))?;
+        Ok(transport(cluster_id, None, client))
+    }
+}
+
+/// The private key blocks of a PEM text (a credentials file keeps its key after its
+/// certificates).
+fn key_blocks(pem: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN") && line.contains("PRIVATE KEY") {
+            inside = true;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line.starts_with("-----END") && line.contains("PRIVATE KEY") {
+            inside = false;
+        }
+    }
+    out
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    use std::fmt::Write as _;
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(B64[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        let _ = writeln!(
+            out,
+            "{}",
+            std::str::from_utf8(line).expect("base64 is ASCII")
+        );
+    }
+    let _ = writeln!(out, "-----END {label}-----");
+    out
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> TlsError {
+    TlsError::Unreadable {
+        path: PathBuf::from(what),
+        reason: e.to_string(),
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let der = der_of(ca_pem).map_err(|e| bad("the CA certificate", e))?;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(der))
+        .map_err(|e| bad("the CA certificate", e))?;
+    Ok(Arc::new(roots))
+}
+
+fn chain_and_key(
+    cred: &Credential,
+    ca_pem: Option<&str>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let mut chain = vec![CertificateDer::from(
+        der_of(&cred.cert_pem).map_err(|e| bad("a certificate", e))?,
+    )];
+    if let Some(ca) = ca_pem {
+        // The CA goes with the node's certificate: a joining node that knows only the CA's
+        // fingerprint checks the chain against it.
+        chain.push(CertificateDer::from(
+            der_of(ca).map_err(|e| bad("the CA certificate", e))?,
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(cred.key_pem.as_bytes())
+        .map_err(|e| bad("a private key", e))?;
+    Ok((chain, key))
+}
+
+/// What a dialer trusts: the CA it holds, or (a joining node) the CA whose SHA-256 its token
+/// names, found in the chain the node presents.
+#[derive(Debug, Clone)]
+enum Trust {
+    Roots(Arc<RootCertStore>),
+    Pinned([u8; 32]),
+}
+
+/// The dialer's check of a node's certificate: it chains to the cluster CA and names a node
+/// of `cluster` (which node is the transport's check, against the one it meant to dial). The
+/// host name is not checked: a node is known by its certificate's SAN URI.
+#[derive(Debug)]
+struct NodeVerifier {
+    cluster: String,
+    trust: Trust,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for NodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let roots = match &self.trust {
+            Trust::Roots(roots) => Arc::clone(roots),
+            Trust::Pinned(fingerprint) => {
+                let ca = intermediates
+                    .iter()
+                    .find(|c| {
+                        ring::digest::digest(&ring::digest::SHA256, c.as_ref()).as_ref()
+                            == fingerprint
+                    })
+                    .ok_or_else(|| {
+                        rustls::Error::General(
+                            "the node's CA is not the one the join token names".into(),
+                        )
+                    })?;
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.clone().into_owned())?;
+                Arc::new(roots)
+            }
+        };
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        match identify(&self.cluster, end_entity.as_ref()) {
+            Some(Peer::Node(_)) => Ok(ServerCertVerified::assertion()),
+            _ => Err(rustls::Error::General(format!(
+                "the certificate names no node of cluster {:?}",
+                self.cluster
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Who a certificate (DER, already verified against the cluster CA) speaks for, in `cluster`.
+fn identify(cluster: &str, der: &[u8]) -> Option<Peer> {
+    let pem = pem_encode("CERTIFICATE", der);
+    match subject_of(&pem).ok()? {
+        Subject::Node { cluster: c, id } if c == cluster => Some(Peer::Node(id)),
+        Subject::User { cluster: c, name } if c == cluster => Some(Peer::User(name)),
+        _ => None,
+    }
+}
+
+fn client_config(
+    cluster_id: &str,
+    trust: Trust,
+    cred: Option<&Credential>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| bad("TLS settings", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NodeVerifier {
+            cluster: cluster_id.to_owned(),
+            trust,
+            provider,
+        }));
+    let config = match cred {
+        Some(cred) => {
+            let (chain, key) = chain_and_key(cred, None)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad("a certificate and its key", e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+fn transport(
+    cluster_id: &str,
+    server: Option<Arc<ServerConfig>>,
+    client: Arc<ClientConfig>,
+) -> TransportTls {
+    let cluster = cluster_id.to_owned();
+    TransportTls {
+        acceptor: server.map(TlsAcceptor::from),
+        connector: TlsConnector::from(client),
+        identify: Arc::new(move |der: &[u8]| identify(&cluster, der)),
+    }
+}
+
+/// The dialing side for a node that joins with a token: it trusts only the CA whose SHA-256
+/// is `ca_fingerprint` and presents no certificate (it has none yet).
+pub fn joiner_transport(
+    cluster_id: &str,
+    ca_fingerprint: [u8; 32],
+) -> Result<TransportTls, TlsError> {
+    let client = client_config(cluster_id, Trust::Pinned(ca_fingerprint), None)?;
+    Ok(transport(cluster_id, None, client))
+}
+
+impl NodeTls {
+    /// This node's side of the transport: TLS 1.3 only, the node certificate (with the CA's)
+    /// both ways, client certificates of the cluster CA asked for but not required (a node
+    /// that joins with a token has none yet; what a connection without one may ask is the
+    /// node's business).
+    pub fn transport(&self, cluster_id: &str) -> Result<TransportTls, TlsError> {
+        let provider = provider();
+        let roots = roots(&self.ca.cert_pem)?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| bad("the CA certificate", e))?;
+        let (chain, key) = chain_and_key(&self.node, Some(&self.ca.cert_pem))?;
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad("TLS settings", e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| bad("the node certificate and its key", e))?;
+        // IMPORTANT: no session tickets. A dialer checks that an idle pooled connection is
+        // still open by peeking for bytes (`Stream::is_stale`); a ticket arriving after the
+        // handshake would read as a closed connection.
+        server.send_tls13_tickets = 0;
+        let client = client_config(cluster_id, Trust::Roots(roots), Some(&self.node))?;
+        Ok(transport(cluster_id, Some(Arc::new(server)), client))
     }
 }
 

@@ -17,6 +17,7 @@ mod log_check;
 mod log_store;
 pub mod network;
 pub mod restore;
+pub mod secure;
 pub mod server;
 mod state_machine;
 pub mod types;

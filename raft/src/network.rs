@@ -13,6 +13,8 @@ use openraft::raft::{
 use tokio::io::{AsyncReadExt, BufStream};
 use tokio::net::TcpStream;
 
+use crate::secure::{Peer, Stream, TransportTls};
+
 use crate::state_machine::SnapshotFile;
 use crate::types::{NodeAddr, TypeConfig, Vote};
 use crate::wire::{
@@ -53,14 +55,21 @@ impl CallError {
 /// unknown state, so callers drop it.
 #[derive(Debug)]
 pub struct Conn {
-    stream: BufStream<TcpStream>,
-    /// The node at the other end.
+    stream: BufStream<Stream>,
+    /// The node at the other end: under TLS, the one its certificate names.
     pub node_id: u64,
 }
 
 impl Conn {
     /// Dials `addr` and says hello; the peer refuses a wrong cluster id or protocol version.
-    pub async fn dial(addr: &str, cluster_id: &str, from: Option<u64>) -> Result<Conn, CallError> {
+    /// With `tls`, the node must present a certificate that `tls` trusts, and the id it says
+    /// in its welcome must be the one its certificate names.
+    pub async fn dial(
+        addr: &str,
+        cluster_id: &str,
+        from: Option<u64>,
+        tls: Option<&TransportTls>,
+    ) -> Result<Conn, CallError> {
         let connect = |reason: String| CallError::Connect {
             addr: addr.to_owned(),
             reason,
@@ -70,7 +79,22 @@ impl Conn {
                 .await
                 .map_err(|e| connect(e.to_string()))?;
             tcp.set_nodelay(true).map_err(|e| connect(e.to_string()))?;
-            let mut stream = BufStream::new(tcp);
+            let (stream, certified) = match tls {
+                None => (Stream::Plain(tcp), None),
+                Some(tls) => {
+                    let (stream, peer) = tls
+                        .connect(tcp)
+                        .await
+                        // The handshake failed: a certificate was refused (either way),
+                        // or the peer does not speak TLS. Asking again will not help.
+                        .map_err(|e| CallError::Refused {
+                            addr: addr.to_owned(),
+                            reason: format!("TLS: {e}"),
+                        })?;
+                    (stream, Some(peer))
+                }
+            };
+            let mut stream = BufStream::new(stream);
             let hello = Hello {
                 cluster_id: cluster_id.to_owned(),
                 from,
@@ -80,7 +104,15 @@ impl Conn {
                 .await
                 .map_err(|e| connect(e.to_string()))?;
             match read_frame::<_, HelloReply>(&mut stream).await {
-                Ok(Some(HelloReply::Welcome { node_id })) => Ok(Conn { stream, node_id }),
+                Ok(Some(HelloReply::Welcome { node_id })) => match certified {
+                    Some(peer) if peer != Peer::Node(node_id) => Err(CallError::Refused {
+                        addr: addr.to_owned(),
+                        reason: format!(
+                            "it says it is node {node_id}, its certificate is of {peer}"
+                        ),
+                    }),
+                    _ => Ok(Conn { stream, node_id }),
+                },
                 Ok(Some(HelloReply::Refused { reason })) => Err(CallError::Refused {
                     addr: addr.to_owned(),
                     reason,
@@ -98,9 +130,7 @@ impl Conn {
     /// be used. Checked before a request is sent, so a request is never sent on a connection
     /// that is already dead, and a request that failed after sending is never sent again.
     pub fn is_stale(&self) -> bool {
-        let mut probe = [0u8; 1];
-        let read = self.stream.get_ref().try_read(&mut probe);
-        !matches!(read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.get_ref().is_stale()
     }
 
     /// Sends `req` and waits up to `ttl` for its reply.
@@ -131,6 +161,8 @@ pub struct Network {
     /// The least time an AppendEntries waits for its answer: the election timeout's lower
     /// bound (see [`PeerClient::append_entries`]).
     pub append_timeout_min: Duration,
+    /// TLS for every dial; `None` in insecure mode.
+    pub tls: Option<TransportTls>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -143,6 +175,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             cluster_id: self.cluster_id.clone(),
             from: self.node_id,
             append_timeout_min: self.append_timeout_min,
+            tls: self.tls.clone(),
             conn: None,
         }
     }
@@ -156,6 +189,7 @@ pub struct PeerClient {
     cluster_id: String,
     from: u64,
     append_timeout_min: Duration,
+    tls: Option<TransportTls>,
     conn: Option<Conn>,
 }
 
@@ -180,7 +214,13 @@ impl PeerClient {
         let mut conn = match self.conn.take() {
             Some(conn) if !conn.is_stale() => conn,
             _ => {
-                let conn = Conn::dial(&self.addr, &self.cluster_id, Some(self.from)).await?;
+                let conn = Conn::dial(
+                    &self.addr,
+                    &self.cluster_id,
+                    Some(self.from),
+                    self.tls.as_ref(),
+                )
+                .await?;
                 if conn.node_id != self.target {
                     return Err(CallError::Refused {
                         addr: self.addr.clone(),

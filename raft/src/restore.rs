@@ -36,6 +36,9 @@ pub const LOG_FILE: &str = "raft-log.redb";
 pub const SNAPSHOT_DIR: &str = "snapshots";
 /// Present while a restore writes a data dir.
 pub const PARTIAL: &str = "restore.partial";
+/// Present from a restore's end until the node's first start: the node starts a new cluster
+/// (it makes the cluster's CA), though it has a log.
+pub const RESTORED: &str = "restored";
 
 /// What a restore wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +84,11 @@ pub fn restore_node(dir: &Path, backup: impl Read, id: u64, addr: &str) -> io::R
     sync_dir(dir)?;
     match write_files(dir, backup, id, addr) {
         Ok(restored) => {
+            write_durably(
+                &dir.join(RESTORED),
+                b"restored from a backup; the node's first start makes a new cluster\n",
+            )
+            .map_err(|e| fail("marking the data dir", e))?;
             std::fs::remove_file(dir.join(PARTIAL)).map_err(|e| fail("unmarking", e))?;
             sync_dir(dir)?;
             Ok(restored)
@@ -90,6 +98,7 @@ pub fn restore_node(dir: &Path, backup: impl Read, id: u64, addr: &str) -> io::R
                 std::fs::remove_file(dir.join(name)).ok();
             }
             std::fs::remove_dir_all(dir.join(SNAPSHOT_DIR)).ok();
+            std::fs::remove_file(dir.join(RESTORED)).ok();
             std::fs::remove_file(dir.join(PARTIAL)).ok();
             Err(e)
         }

@@ -1,8 +1,12 @@
 //! The listening side of the transport: one task per connection.
 //!
-//! A connection must say a [`Hello`] with this cluster's id and protocol version within
-//! [`HANDSHAKE_TIMEOUT`], or it is refused with the reason and closed. Raft RPCs are accepted
-//! only from connections that said they are a node. A frame that is oversized, damaged or
+//! A connection must finish its TLS handshake (unless the node is insecure) and say a
+//! [`Hello`] with this cluster's id and protocol version within [`HANDSHAKE_TIMEOUT`], or it is
+//! refused with the reason and closed. A connection speaks for a node only if its hello names
+//! one and, under TLS, its certificate names the same node; Raft RPCs and a node's service
+//! calls are then accepted only while that node is in this node's membership (checked for
+//! every request, so a removed member is refused from the moment its removal is in the log
+//! here, though its certificate has not expired). A frame that is oversized, damaged or
 //! undecodable gets a `Malformed` reply, is logged, and closes that connection only.
 //!
 //! What a dialer can make the node hold is bounded ([`ServerLimits`]): open connections (at
@@ -18,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use openraft::async_runtime::WatchReceiver;
 use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -25,6 +30,7 @@ use tokio::sync::watch;
 use openraft::raft::AppendEntriesResponse;
 
 use crate::candidacy::LeaderContact;
+use crate::secure::{Peer, Stream, TransportTls};
 use crate::state_machine::SnapshotFile;
 use crate::types::{Raft, SnapshotMeta, Vote};
 use crate::wire::{
@@ -196,12 +202,22 @@ impl Registry {
     }
 }
 
+/// Who sent a request, as far as the transport can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The node this connection speaks for: named in its hello, and (under TLS) the node its
+    /// certificate names, a member here when the request came. `None` for a client.
+    pub node: Option<u64>,
+    /// Who its certificate names ([`Peer::Unverified`] in insecure mode).
+    pub peer: Peer,
+}
+
 /// The node's named services (client API, GC and hibernation agents, admin), called through
-/// [`Request::Service`]. `from` is the calling node, `None` for a client.
+/// [`Request::Service`].
 pub trait Services: Send + Sync + 'static {
     fn call(
         &self,
-        from: Option<u64>,
+        caller: Caller,
         service: String,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
@@ -217,6 +233,8 @@ pub struct ServerConfig {
     /// Touched after every AppendEntries a leader sent that this node's vote accepted.
     pub leader_contact: Arc<LeaderContact>,
     pub limits: ServerLimits,
+    /// TLS for every connection; `None` in insecure mode (plain TCP, identities as claimed).
+    pub tls: Option<TransportTls>,
 }
 
 /// Accepts connections until `shutdown` turns true; each connection ends then too.
@@ -291,14 +309,60 @@ async fn connection(
     config: Arc<ServerConfig>,
     services: Arc<dyn Services>,
 ) {
+    let started = tokio::time::Instant::now();
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     tcp.set_nodelay(true).ok();
-    let mut stream = BufStream::new(tcp);
     let refused = || conn.refusals.allow();
     let limits = &config.limits;
+    let looks_tls =
+        tokio::time::timeout_at(started + HANDSHAKE_TIMEOUT, starts_like_tls(&tcp)).await;
+    let (stream, certified) = match (&config.tls, looks_tls) {
+        (_, Err(_)) => {
+            if refused() {
+                tracing::warn!(%peer, "nothing sent within {HANDSHAKE_TIMEOUT:?}; closing");
+            }
+            return;
+        }
+        (None, Ok(true)) => {
+            if refused() {
+                tracing::warn!(%peer, "a TLS client dialed this insecure node; closing");
+            }
+            return;
+        }
+        (None, Ok(false)) => (Stream::Plain(tcp), Peer::Unverified),
+        (Some(_), Ok(false)) => {
+            if refused() {
+                tracing::warn!(%peer, "a plaintext connection to a TLS node; refusing");
+            }
+            let mut stream = BufStream::new(Stream::Plain(tcp));
+            let reason = "this node takes TLS connections only: a client needs the cluster's \
+                          credentials (--creds), a node a join token (--token)"
+                .to_owned();
+            let _ = write_frame(&mut stream, &HelloReply::Refused { reason }).await;
+            return;
+        }
+        (Some(tls), Ok(true)) => {
+            match tokio::time::timeout_at(started + HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(accepted)) => accepted,
+                Ok(Err(e)) => {
+                    if refused() {
+                        tracing::warn!(%peer, error = %e, "TLS handshake refused; closing");
+                    }
+                    return;
+                }
+                Err(_) => {
+                    if refused() {
+                        tracing::warn!(%peer, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}; closing");
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    let mut stream = BufStream::new(stream);
     // Before the hello, only a client's frame size: a hello is small.
-    let hello = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+    let hello = match tokio::time::timeout_at(
+        started + HANDSHAKE_TIMEOUT,
         read_frame_max::<_, Hello>(&mut stream, limits.client_frame_bytes_max),
     )
     .await
@@ -325,7 +389,18 @@ async fn connection(
             return;
         }
     };
-    if let Err(reason) = hello.admit(&config.cluster_id) {
+    let admitted = hello
+        .admit(&config.cluster_id)
+        .and_then(|()| match (hello.from, &certified) {
+            (Some(id), Peer::Node(cert)) if *cert != id => Err(format!(
+                "the connection says it is node {id}, its certificate is of node {cert}"
+            )),
+            (Some(id), Peer::User(_) | Peer::Anonymous) => Err(format!(
+                "the connection says it is node {id}, its certificate is of {certified}"
+            )),
+            _ => Ok(()),
+        });
+    if let Err(reason) = admitted {
         if refused() {
             tracing::warn!(%peer, %reason, "handshake refused");
         }
@@ -371,9 +446,13 @@ async fn connection(
             }
         };
         conn.registry.set_idle(conn.id, false);
+        let caller = Caller {
+            node: hello.from,
+            peer: certified.clone(),
+        };
         let (reply, close) = match dispatch(
             request,
-            hello.from,
+            caller,
             conn.id,
             &raft,
             &config,
@@ -405,7 +484,7 @@ async fn connection(
 /// Answers one request; `Err` for a request that breaks the protocol (the connection closes).
 async fn dispatch(
     request: Request,
-    from: Option<u64>,
+    caller: Caller,
     conn: u64,
     raft: &Raft,
     config: &ServerConfig,
@@ -413,8 +492,12 @@ async fn dispatch(
     incoming: &mut Option<Incoming>,
 ) -> Result<Reply, String> {
     let is_raft = !matches!(request, Request::Service { .. });
-    if is_raft && from.is_none() {
-        return Err("raft requests are only accepted from nodes".into());
+    match caller.node {
+        None if is_raft => return Err("raft requests are only accepted from nodes".into()),
+        Some(id) if !member_here(raft, id) => {
+            return Err(format!("node {id} is not a member of this node's cluster"));
+        }
+        _ => {}
     }
     let failed = |e: &dyn std::fmt::Display| Reply::Failed(e.to_string());
     Ok(match request {
@@ -510,10 +593,40 @@ async fn dispatch(
             result.map_or_else(|e| failed(&e), Reply::Snapshot)
         }
         Request::Service { service, payload } => services
-            .call(from, service, payload)
+            .call(caller, service, payload)
             .await
             .map_or_else(Reply::Failed, Reply::Service),
     })
+}
+
+/// Whether a new connection's first bytes are a TLS handshake record (type 22, version 3.x);
+/// a metakv frame starts with its length, little-endian, whose second byte is 0 for a hello.
+/// Reads nothing off the connection. A connection closed before two bytes is not TLS.
+async fn starts_like_tls(tcp: &TcpStream) -> bool {
+    let mut first = [0u8; 2];
+    loop {
+        match tcp.peek(&mut first).await {
+            Ok(2) | Ok(0) | Err(_) => break,
+            // One byte so far: wait for the second.
+            Ok(_) => {
+                if tcp.readable().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    first == [0x16, 0x03]
+}
+
+/// Whether node `id` is in this node's membership (the latest in its log, joint configs and
+/// learners included). A node with no membership yet (it is being added) hears from any node
+/// of the cluster: the leader adding it is not in a membership it knows.
+fn member_here(raft: &Raft, id: u64) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let membership = m.membership_config.membership();
+    membership.nodes().next().is_none() || membership.get_node(&id).is_some()
 }
 
 #[cfg(test)]

@@ -22,8 +22,9 @@ use crate::types::{SnapshotMeta, TypeConfig, Vote};
 
 /// Version of everything in this module, and of the services' payloads it carries (the
 /// library's client requests, the GC agents' calls). Nodes and clients of other versions are
-/// refused. 2: a client `Join` carries the joining node's incarnation.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// refused. 2: a client `Join` carries the joining node's incarnation. 3: join tokens
+/// (`Enroll`, `JoinToken`, `RevokeJoinToken`), and TLS under the hello.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Longest frame payload: an append of entries with the largest values the store may be
 /// configured for still fits, with room for the envelope.
 pub const FRAME_BYTES_MAX: usize = metakv_store::VALUE_BYTES_MAX_CEILING + (16 << 20);
@@ -120,7 +121,14 @@ pub async fn read_frame_max<R: AsyncRead + Unpin, T: DeserializeOwned>(
     let mut header = [0u8; HEADER_BYTES];
     let mut got = 0;
     while got < HEADER_BYTES {
-        match r.read(&mut header[got..]).await? {
+        let n = match r.read(&mut header[got..]).await {
+            Ok(n) => n,
+            // A TLS peer that closed between frames without a close_notify (a process that
+            // exited) has closed the connection, as a plain one that read 0 bytes.
+            Err(e) if got == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e.into()),
+        };
+        match n {
             0 if got == 0 => return Ok(None),
             0 => return Err(WireError::Truncated),
             n => got += n,

@@ -68,6 +68,8 @@ async fn a_cancelled_call_leaves_no_answer_for_the_next() {
         cluster_id: "c".into(),
         node_id: 1,
         append_timeout_min: Duration::from_secs(1),
+        // The peer is a bare frame server of this crate: no certificates below the library.
+        tls: None,
     };
     let mut peer = network.new_client(2, &NodeAddr { addr }).await;
     let option = || RPCOption::new(Duration::from_secs(1));

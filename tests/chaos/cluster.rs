@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use metakv::{Client, Kv, NodeStatus, Role};
+use metakv::{Client, ClientCreds, Kv, NodeStatus, Role};
 
 use crate::common::disk::Tmpfs;
 use crate::common::{Proc, try_serve_args_then};
@@ -35,6 +35,9 @@ pub struct Nodes {
     next_id: u64,
     /// The tmpfs of [`DISK_SLOT`], when this process may mount one (it needs root).
     pub disk: Result<Tmpfs, String>,
+    /// The admin credentials the first node made (kept beside the slots: its slot may be
+    /// wiped); `None` until it has started.
+    creds: Option<ClientCreds>,
 }
 
 impl Nodes {
@@ -48,16 +51,30 @@ impl Nodes {
             slots: Vec::new(),
             next_id: 1,
             disk,
+            creds: None,
         };
         nodes
             .add()
             .await
             .expect("the first node of the cluster starts");
+        let made = nodes.data_dir(0).join(metakv::tls::ADMIN_CREDS);
+        std::fs::copy(&made, nodes.creds_path()).expect("the first node made admin.creds");
+        nodes.creds = Some(ClientCreds::load(&nodes.creds_path()).expect("admin credentials"));
         nodes
             .add_together(n - 1)
             .await
             .expect("the nodes of the first cluster join together");
         nodes
+    }
+
+    /// The admin credentials of the run's cluster.
+    pub fn creds(&self) -> &ClientCreds {
+        self.creds.as_ref().expect("the first node has started")
+    }
+
+    /// Where the run keeps the admin credentials.
+    pub fn creds_path(&self) -> PathBuf {
+        self.dir.join(metakv::tls::ADMIN_CREDS)
     }
 
     pub fn data_dir(&self, slot: usize) -> PathBuf {
@@ -158,6 +175,18 @@ impl Nodes {
         ];
         if let Some(seed) = seed {
             args.extend(["--join".to_owned(), seed]);
+            // A new node (or a wiped one) gets its certificate with a token; a restarted
+            // one has it.
+            if !self.data_dir(slot).join("tls").exists() {
+                let members: Vec<String> = self
+                    .members()
+                    .map(|m| self.slots[m].listen.clone())
+                    .collect();
+                let token = tokio::task::block_in_place(|| {
+                    crate::common::cli_token_with(&self.creds_path(), &members.join(","))
+                });
+                args.extend(["--token".to_owned(), token]);
+            }
         }
         args
     }
@@ -217,17 +246,22 @@ impl Nodes {
 
     /// A client through slot `slot`'s node only.
     pub fn client_of(&self, slot: usize, timeout: Duration) -> Client {
-        Client::new(vec![self.slots[slot].listen.clone()], "metakv").with_timeout(timeout)
+        self.client_to(vec![self.slots[slot].listen.clone()])
+            .with_timeout(timeout)
     }
 
     /// A client through every member.
     pub fn client(&self) -> Client {
-        Client::new(
+        self.client_to(
             self.members()
                 .map(|s| self.slots[s].listen.clone())
                 .collect(),
-            "metakv",
         )
+    }
+
+    /// An admin client through `endpoints`.
+    pub fn client_to(&self, endpoints: Vec<String>) -> Client {
+        Client::new(endpoints, "metakv", self.creds()).expect("a client")
     }
 
     pub async fn status(&self, slot: usize) -> Option<NodeStatus> {

@@ -21,14 +21,14 @@ async fn a_leader_that_cannot_hear_makes_way() {
     nodes.net.cut(&others, &[leader]);
     let cut = Instant::now();
     // Through the other nodes only: the deaf leader cannot answer what it forwards.
-    let client = metakv::Client::new(
-        others
-            .iter()
-            .map(|&s| nodes.slots[s].listen.clone())
-            .collect(),
-        "metakv",
-    )
-    .with_timeout(Duration::from_secs(1));
+    let client = nodes
+        .client_to(
+            others
+                .iter()
+                .map(|&s| nodes.slots[s].listen.clone())
+                .collect(),
+        )
+        .with_timeout(Duration::from_secs(1));
     let mut written = None;
     while cut.elapsed() < Duration::from_secs(10) {
         if client.put("b", b"k", b"v", Expect::Any).await.is_ok() {

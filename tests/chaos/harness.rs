@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metakv::{Applied, Client, Consistency, Error, Expect, Kv, WatchEvent};
+use metakv::{Applied, Client, ClientCreds, Consistency, Error, Expect, Kv, WatchEvent};
 
 use crate::checker::{self, Kind, Violation};
 use crate::cluster::{DISK_SLOT, Nodes};
@@ -153,6 +153,7 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
             tokio::spawn(client_task(
                 i,
                 seed,
+                nodes.creds().clone(),
                 addrs.clone(),
                 start,
                 Arc::clone(&stop_clients),
@@ -172,6 +173,7 @@ pub async fn run(seed: u64, seconds: u64) -> Report {
         .enumerate()
         .map(|(i, log)| {
             tokio::spawn(watcher(
+                nodes.creds().clone(),
                 addrs[i].clone(),
                 Arc::clone(log),
                 Arc::clone(&stop_watchers),
@@ -351,6 +353,7 @@ async fn scan(client: &Client, linearizable: bool) -> Option<Vec<(Call, Outcome)
 async fn client_task(
     i: usize,
     seed: u64,
+    creds: ClientCreds,
     mut endpoints: Vec<String>,
     start: Instant,
     stop: Arc<AtomicBool>,
@@ -361,7 +364,9 @@ async fn client_task(
     );
     let node = i % endpoints.len();
     endpoints.rotate_left(node);
-    let client = Client::new(endpoints, "metakv").with_timeout(CLIENT_TIMEOUT);
+    let client = Client::new(endpoints, "metakv", &creds)
+        .unwrap()
+        .with_timeout(CLIENT_TIMEOUT);
     let mut last_rev = [1u64; KEYS];
     let mut out = Vec::new();
     let mut seq = 0u64;
@@ -449,10 +454,17 @@ async fn client_task(
 
 /// One node's watcher: it watches the bucket on that node only, and when the node goes away
 /// it reconnects there and goes on from the last revision it delivered.
-async fn watcher(addr: String, log: Arc<Mutex<WatchLog>>, stop: Arc<AtomicBool>) {
+async fn watcher(
+    creds: ClientCreds,
+    addr: String,
+    log: Arc<Mutex<WatchLog>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut from = 1;
     while !stop.load(Ordering::Relaxed) {
-        let client = Client::new(vec![addr.clone()], "metakv").with_timeout(CLIENT_TIMEOUT);
+        let client = Client::new(vec![addr.clone()], "metakv", &creds)
+            .unwrap()
+            .with_timeout(CLIENT_TIMEOUT);
         let mut watch = client.watch(BUCKET, b"", from);
         while !stop.load(Ordering::Relaxed) {
             // The timeout only lets the loop look at `stop`; a cancelled poll changes nothing.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use metakv::{Consistency, Kv, Node, NodeConfig, Record, Role, store::Expect};
+use metakv::{ClientCreds, Consistency, Kv, Node, NodeConfig, Record, Role, store::Expect};
 
 pub mod disk;
 pub mod gate;
@@ -62,6 +62,7 @@ impl Cluster {
         let mut nodes = vec![Some(first)];
         for id in 2..=n {
             let mut c = config(dir.path(), id, Some(seed.clone()));
+            c.join_token = Some(token(nodes[0].as_ref().unwrap()).await);
             tune(&mut c);
             nodes.push(Some(Node::start(c).await.unwrap()));
         }
@@ -72,6 +73,21 @@ impl Cluster {
             .map(|n| n.addr().to_owned())
             .collect();
         Cluster { dir, nodes, addrs }
+    }
+
+    /// The admin credentials node 1 made.
+    pub fn creds(&self) -> ClientCreds {
+        creds(self.dir.path())
+    }
+
+    /// An admin client through `endpoints`.
+    pub fn client(&self, endpoints: Vec<String>) -> metakv::Client {
+        client(self.dir.path(), endpoints)
+    }
+
+    /// A join token from any running node, for a node that joins later.
+    pub async fn token(&self) -> String {
+        token(self.running().next().expect("a running node")).await
     }
 
     pub fn node(&self, id: u64) -> &Node {
@@ -134,6 +150,66 @@ impl Cluster {
     }
 }
 
+/// A join token made through `node`, valid for ten minutes.
+pub async fn token<K: Kv>(node: &K) -> String {
+    node.join_token(Duration::from_secs(600))
+        .await
+        .expect("a join token")
+        .token
+}
+
+/// The admin credentials of the cluster whose first node's data dir is `dir/node1` (or the
+/// first `dir/node<id>` that has them).
+pub fn creds(dir: &Path) -> ClientCreds {
+    ClientCreds::load(&creds_path(dir)).expect("admin credentials")
+}
+
+/// Where the admin credentials of the cluster in `dir` are.
+pub fn creds_path(dir: &Path) -> std::path::PathBuf {
+    (1..=16)
+        .map(|id| dir.join(format!("node{id}")).join(metakv::tls::ADMIN_CREDS))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no admin.creds under {}", dir.display()))
+}
+
+/// An admin client of the cluster in `dir` through `endpoints`.
+pub fn client(dir: &Path, endpoints: Vec<String>) -> metakv::Client {
+    metakv::Client::new(endpoints, "metakv", &creds(dir)).expect("a client")
+}
+
+/// A join token from the binary (`metakv cluster join-token`) through `seed`, with the admin
+/// credentials of the cluster in `dir`.
+pub fn cli_token(dir: &Path, seed: &str) -> String {
+    // Through the seed, or any node already started in `dir`: a seed started at the same
+    // moment as its joiner (`--join` a node that is coming up) cannot answer yet.
+    let mut endpoints = vec![seed.to_owned()];
+    endpoints.extend(
+        served_from()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(addr, d)| d.as_path() == dir && *addr != seed)
+            .map(|(addr, _)| addr.clone()),
+    );
+    cli_token_with(&creds_path(dir), &endpoints.join(","))
+}
+
+/// The same with the credentials at `creds`, through `endpoints` (comma-separated).
+pub fn cli_token_with(creds: &Path, endpoints: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_metakv"))
+        .args(["--endpoint", endpoints, "--creds"])
+        .arg(creds)
+        .args(["cluster", "join-token", "--ttl", "10m"])
+        .output()
+        .expect("metakv cluster join-token runs");
+    assert!(
+        out.status.success(),
+        "cluster join-token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// The applied index every running node must reach after the last write through `node`.
 pub async fn applied_on(node: &Node) -> u64 {
     node.status().await.unwrap().applied
@@ -169,6 +245,10 @@ pub fn node_args(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Vec<S
     ];
     if let Some(seed) = join {
         args.extend(["--join".to_owned(), seed.to_owned()]);
+        // A new node gets its certificate with a token; a restarted one has it.
+        if !dir.join(format!("node{id}")).join("tls").exists() {
+            args.extend(["--token".to_owned(), cli_token(dir, seed)]);
+        }
     }
     args
 }
@@ -213,6 +293,12 @@ pub fn try_serve_args_then(
         .unwrap_or_default()
         .to_owned();
     let proc = Proc { child, addr };
+    if proc.addr.starts_with("127.0.0.1:") {
+        served_from()
+            .lock()
+            .unwrap()
+            .insert(proc.addr.clone(), dir.to_owned());
+    }
     if !proc.addr.starts_with("127.0.0.1:") {
         return Err(format!(
             "node {id} printed {line:?}; log: {}",
@@ -275,6 +361,8 @@ pub async fn local_records<K: Kv>(node: &K, bucket: &str) -> Vec<(Vec<u8>, Recor
 /// A cluster of `metakv serve` processes: node 1 initializes, the others join through it.
 pub struct ProcCluster {
     pub procs: Vec<Proc>,
+    /// The admin credentials node 1 made.
+    pub creds: ClientCreds,
 }
 
 impl ProcCluster {
@@ -285,17 +373,7 @@ impl ProcCluster {
     /// The same, with `extra` arguments to every `serve`.
     pub fn start_args(dir: &Path, n: u64, extra: &[String]) -> ProcCluster {
         let args = |id: u64, join: Option<&str>| {
-            let mut a = vec![
-                "--id".to_owned(),
-                id.to_string(),
-                "--listen".to_owned(),
-                "127.0.0.1:0".to_owned(),
-                "--data-dir".to_owned(),
-                dir.join(format!("node{id}")).display().to_string(),
-            ];
-            if let Some(seed) = join {
-                a.extend(["--join".to_owned(), seed.to_owned()]);
-            }
+            let mut a = node_args(dir, id, "127.0.0.1:0", join);
             a.extend(extra.iter().cloned());
             a
         };
@@ -304,22 +382,28 @@ impl ProcCluster {
         for id in 2..=n {
             procs.push(serve_args(dir, id, &args(id, Some(&seed))));
         }
-        ProcCluster { procs }
+        ProcCluster {
+            procs,
+            creds: creds(dir),
+        }
     }
 
     /// A client through every node.
     pub fn client(&self) -> metakv::Client {
-        metakv::Client::new(
-            self.procs.iter().map(|p| p.addr.clone()).collect(),
-            "metakv",
-        )
+        self.client_via(self.procs.iter().map(|p| p.addr.clone()).collect())
+    }
+
+    /// A client through `endpoints` only.
+    pub fn client_via(&self, endpoints: Vec<String>) -> metakv::Client {
+        metakv::Client::new(endpoints, "metakv", &self.creds).expect("a client")
     }
 
     /// The index in `procs` of the node that leads, once one does (30 s at most).
     pub async fn leader(&self) -> usize {
         for _ in 0..300 {
             for (i, p) in self.procs.iter().enumerate() {
-                let status = metakv::Client::new(vec![p.addr.clone()], "metakv")
+                let status = self
+                    .client_via(vec![p.addr.clone()])
                     .with_timeout(Duration::from_secs(1))
                     .status()
                     .await;
@@ -331,4 +415,55 @@ impl ProcCluster {
         }
         panic!("no node leads after 30 s");
     }
+}
+
+/// The transport of node `as_id` of the cluster in `dir`, with a certificate issued by the
+/// cluster CA (node 1's): what a member, a removed member or an impostor with a stolen CA
+/// would present.
+pub fn node_tls(dir: &Path, as_id: u64) -> metakv_raft::secure::TransportTls {
+    let subject = |id| metakv::tls::Subject::Node {
+        cluster: "metakv".into(),
+        id,
+    };
+    let first = metakv::tls::NodeTls::load(&dir.join("node1"), &subject(1)).expect("node 1's TLS");
+    let node = first.ca.issue(&subject(as_id), Some("127.0.0.1")).unwrap();
+    metakv::tls::NodeTls { ca: first.ca, node }
+        .transport("metakv")
+        .unwrap()
+}
+
+/// The admin's client transport for the cluster in `dir`.
+pub fn admin_tls(dir: &Path) -> metakv_raft::secure::TransportTls {
+    creds(dir).transport("metakv").unwrap()
+}
+
+/// A TLS connection to `addr` with `tls`, before any hello.
+pub async fn tls_stream(
+    addr: &str,
+    tls: &metakv_raft::secure::TransportTls,
+) -> std::io::Result<metakv_raft::secure::Stream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tls.connect(tcp).await.map(|(stream, _)| stream)
+}
+
+/// The test dir each node started by [`try_serve_args_then`] runs in, by address.
+fn served_from() -> &'static std::sync::Mutex<std::collections::HashMap<String, std::path::PathBuf>>
+{
+    static SERVED: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::path::PathBuf>>,
+    > = std::sync::OnceLock::new();
+    SERVED.get_or_init(Default::default)
+}
+
+/// The admin credentials of the cluster a node started here at `addr` (any of a
+/// comma-separated list) belongs to.
+pub fn creds_for(addr: &str) -> Option<std::path::PathBuf> {
+    let served = served_from().lock().unwrap();
+    let dir = addr
+        .split(',')
+        .find_map(|a| served.get(a.trim()).cloned())?;
+    drop(served);
+    (1..=16)
+        .map(|id| dir.join(format!("node{id}")).join(metakv::tls::ADMIN_CREDS))
+        .find(|p| p.exists())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::common::disk::{Tmpfs, fill};
 use crate::common::{ProcCluster, serve_args};
-use metakv::{Client, Consistency, Expect, Kv};
+use metakv::{Consistency, Expect, Kv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_a_full_disk_stops_once_and_recovers_after_a_restart() {
@@ -29,13 +29,15 @@ async fn a_node_on_a_full_disk_stops_once_and_recovers_after_a_restart() {
         &data3.display().to_string(),
         "--join",
         &cluster.procs[0].addr,
+        "--token",
+        &crate::common::cli_token(dir.path(), &cluster.procs[0].addr),
     ]
     .map(str::to_owned);
     cluster.procs.push(serve_args(dir.path(), 3, &args3));
     let addr3 = cluster.procs[2].addr.clone();
-    let client = Client::new(
+    let client = crate::common::client(
+        dir.path(),
         vec![cluster.procs[0].addr.clone(), cluster.procs[1].addr.clone()],
-        "metakv",
     );
     client.create_bucket("b").await.unwrap();
     let filler = fill(&mount, 256 << 10);
@@ -107,7 +109,7 @@ async fn a_node_on_a_full_disk_stops_once_and_recovers_after_a_restart() {
     ]
     .map(str::to_owned);
     cluster.procs[2] = serve_args(dir.path(), 3, &restart);
-    let three = Client::new(vec![addr3], "metakv");
+    let three = crate::common::client(dir.path(), vec![addr3]);
     let last = acked.last().unwrap().clone();
     let mut found = None;
     for _ in 0..200 {

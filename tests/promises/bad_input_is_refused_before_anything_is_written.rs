@@ -78,6 +78,7 @@ fn a_closed_stdout_ends_a_command_quietly_and_output_ends_with_a_newline() {
     let node = serve(dir.path(), 1, "127.0.0.1:0", None);
     let run = |args: &[&str]| {
         metakv()
+            .env("METAKV_CREDS", crate::common::creds_path(dir.path()))
             .args(["--endpoint", &node.addr])
             .args(args)
             .output()

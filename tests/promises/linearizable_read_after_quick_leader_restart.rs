@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::common::{ProcCluster, serve};
-use metakv::{Client, Consistency, Expect, Kv};
+use metakv::{Consistency, Expect, Kv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quickly_restarted_leader_serves_no_stale_linearizable_read() {
@@ -20,7 +20,7 @@ async fn a_quickly_restarted_leader_serves_no_stale_linearizable_read() {
     for round in 0..8 {
         let leader = cluster.leader().await;
         let follower = (leader + 1) % 3;
-        let through = Client::new(vec![cluster.procs[follower].addr.clone()], "metakv");
+        let through = crate::common::client(dir.path(), vec![cluster.procs[follower].addr.clone()]);
         let mut acked = 0;
         for _ in 0..30 {
             match through.put("b", b"hot", b"v", Expect::Any).await.unwrap() {
@@ -33,7 +33,7 @@ async fn a_quickly_restarted_leader_serves_no_stale_linearizable_read() {
         cluster.procs[leader].child.wait().unwrap();
         cluster.procs[leader] = serve(dir.path(), leader as u64 + 1, &addr, None);
         // At once, through the restarted node: it answers itself if it leads, or forwards.
-        let restarted = Client::new(vec![addr.clone()], "metakv");
+        let restarted = crate::common::client(dir.path(), vec![addr.clone()]);
         let record = restarted
             .get_with("b", b"hot", Consistency::Linearizable, false)
             .await
@@ -48,7 +48,7 @@ async fn a_quickly_restarted_leader_serves_no_stale_linearizable_read() {
         );
         // The cluster settles before the next round: a write through every node goes through.
         for p in &cluster.procs {
-            Client::new(vec![p.addr.clone()], "metakv")
+            crate::common::client(dir.path(), vec![p.addr.clone()])
                 .put("b", b"settle", b"v", Expect::Any)
                 .await
                 .unwrap();

@@ -39,6 +39,7 @@ async fn a_node_where_nothing_listens_is_never_made_a_voter() {
     // The cluster takes the next change: a real node 4 joins and serves.
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), 4, Some(leader.addr().to_owned()));
+    c.join_token = Some(crate::common::token(&leader).await);
     quick(&mut c);
     let four = Node::start(c).await.unwrap();
     leader.create_bucket("b").await.unwrap();
@@ -73,6 +74,7 @@ async fn a_wiped_node_is_told_to_be_removed_and_then_rejoins_through_a_follower(
     let data_dir = cluster.dir.path().join(format!("node{wiped}"));
     std::fs::remove_dir_all(&data_dir).unwrap();
     let mut c = config(cluster.dir.path(), wiped, Some(via.clone()));
+    c.join_token = Some(cluster.token().await);
     quick(&mut c);
     let refused = Node::start(c.clone()).await;
     let message = match &refused {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::common::{Proc, node_args, serve, try_serve_args, try_serve_args_then};
 use metakv::{Client, ClientReply, ClientRequest, Error, Identity, Kv, Role};
 
-fn client(addr: &str) -> Client {
-    Client::new(vec![addr.to_owned()], "metakv").with_timeout(Duration::from_secs(2))
+fn client(dir: &Path, addr: &str) -> Client {
+    crate::common::client(dir, vec![addr.to_owned()]).with_timeout(Duration::from_secs(2))
 }
 
 fn identity(dir: &Path, id: u64) -> Identity {
@@ -37,11 +37,11 @@ fn serve_at(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Result<Pro
 
 /// Waits until every node in `addrs` reports the same leader and every one of `ids` is a
 /// voter that answers; panics with the cluster's status after `within`.
-async fn all_live_voters(addrs: &[String], ids: &[u64], within: Duration) {
+async fn all_live_voters(dir: &Path, addrs: &[String], ids: &[u64], within: Duration) {
     let deadline = Instant::now() + within;
     let mut last = String::new();
     while Instant::now() < deadline {
-        let status = Client::new(addrs.to_vec(), "metakv")
+        let status = crate::common::client(dir, addrs.to_vec())
             .with_timeout(Duration::from_secs(1))
             .cluster_status()
             .await;
@@ -105,7 +105,7 @@ async fn a_join_asked_again_by_the_same_node_is_answered_with_its_outcome() {
     // The join's answer was lost (a second step answered with an error, a dropped
     // connection): node 2 asks again, through node 1 and through itself.
     for via in [&one.addr, &two.addr] {
-        let again = client(via)
+        let again = client(dir.path(), via)
             .request(ClientRequest::Join {
                 id: 2,
                 addr: two.addr.clone(),
@@ -120,7 +120,7 @@ async fn a_join_asked_again_by_the_same_node_is_answered_with_its_outcome() {
     // A node that lost its files (another incarnation) is still refused, and so is an
     // operator's add-node of a voter's id.
     for incarnation in [Some(incarnation ^ 1), None] {
-        let wiped = client(&one.addr)
+        let wiped = client(dir.path(), &one.addr)
             .request(ClientRequest::Join {
                 id: 2,
                 addr: two.addr.clone(),
@@ -133,7 +133,7 @@ async fn a_join_asked_again_by_the_same_node_is_answered_with_its_outcome() {
         );
     }
     let addrs = [one.addr.clone(), two.addr.clone()];
-    all_live_voters(&addrs, &[1, 2], Duration::from_secs(10)).await;
+    all_live_voters(dir.path(), &addrs, &[1, 2], Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +154,7 @@ async fn a_joiner_killed_during_its_join_comes_back_as_a_live_voter() {
             })
         };
         let pid = pid_rx.recv().unwrap();
-        let leader = client(&one.addr);
+        let leader = client(dir.path(), &one.addr);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let status = leader.status().await.unwrap();
@@ -178,7 +178,7 @@ async fn a_joiner_killed_during_its_join_comes_back_as_a_live_voter() {
             panic!("node 2, killed as {stage} and restarted on its files, did not come up: {e}")
         });
         let addrs = [one.addr.clone(), two.addr.clone()];
-        all_live_voters(&addrs, &[1, 2], Duration::from_secs(15)).await;
+        all_live_voters(dir.path(), &addrs, &[1, 2], Duration::from_secs(15)).await;
     }
 }
 
@@ -196,7 +196,7 @@ async fn nodes_started_together_all_end_as_live_voters() {
         let procs = start_together(dir.path(), n, chain);
         let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
         let ids: Vec<u64> = (1..=n).collect();
-        all_live_voters(&addrs, &ids, Duration::from_secs(10)).await;
+        all_live_voters(dir.path(), &addrs, &ids, Duration::from_secs(10)).await;
         eprintln!(
             "{n} nodes {how}: all live voters {:?} after the start",
             started.elapsed()
@@ -227,6 +227,7 @@ async fn four_nodes_joining_through_different_members_at_once_all_end_as_live_vo
     }
     let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
     all_live_voters(
+        dir.path(),
         &addrs,
         &(1..=7).collect::<Vec<_>>(),
         Duration::from_secs(10),
@@ -253,7 +254,10 @@ fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 async fn a_data_dir_refuses_another_node_and_another_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let mut three = serve(dir.path(), 3, "127.0.0.1:0", None);
-    client(&three.addr).create_bucket("users").await.unwrap();
+    client(dir.path(), &three.addr)
+        .create_bucket("users")
+        .await
+        .unwrap();
     three.child.kill().unwrap();
     three.child.wait().unwrap();
     let data_dir = dir.path().join("node3");

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::common::ProcCluster;
-use metakv::{Client, Expect, Kv};
+use metakv::{Expect, Kv};
 
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
@@ -24,7 +24,7 @@ async fn a_follower_thawed_after_sigstop_does_not_depose_the_leader() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = ProcCluster::start(dir.path(), 3);
     let leader = cluster.leader().await;
-    let to_leader = Client::new(vec![cluster.procs[leader].addr.clone()], "metakv");
+    let to_leader = crate::common::client(dir.path(), vec![cluster.procs[leader].addr.clone()]);
     to_leader.create_bucket("b").await.unwrap();
     let before = to_leader.status().await.unwrap();
     for round in 0..4 {

@@ -373,6 +373,38 @@ pub trait Kv {
             other => unexpected(other),
         }
     }
+
+    /// Makes a join token that lets one new node join within `ttl` (at most
+    /// [`crate::TOKEN_TTL_MAX`]): `metakv serve --join ADDR --token TOKEN`. The token is shown
+    /// once; the cluster keeps only its hash.
+    ///
+    /// # Errors
+    ///
+    /// `Rejected` (kind `Invalid`) for a ttl out of range or an insecure cluster;
+    /// `Unavailable` without a leader.
+    async fn join_token(&self, ttl: std::time::Duration) -> Result<super::JoinTokenInfo> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        match self.request(ClientRequest::JoinToken { ttl_ms }).await? {
+            ClientReply::JoinToken(info) => Ok(info),
+            other => unexpected(other),
+        }
+    }
+
+    /// Revokes join token `id` (its `JoinTokenInfo::id`), used or not: a node that has not
+    /// enrolled with it yet cannot.
+    ///
+    /// # Errors
+    ///
+    /// `Rejected` (kind `Invalid`) for an unknown id.
+    async fn revoke_join_token(&self, id: &str) -> Result<()> {
+        match self
+            .request(ClientRequest::RevokeJoinToken { id: id.to_owned() })
+            .await?
+        {
+            ClientReply::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
 }
 
 /// What a watcher sees.

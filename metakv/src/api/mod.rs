@@ -85,6 +85,22 @@ pub enum ClientRequest {
     Remove {
         id: u64,
     },
+    /// Makes a join token valid for `ttl_ms` (an admin's request; see `crate::node`, "Join
+    /// tokens").
+    JoinToken {
+        ttl_ms: u64,
+    },
+    /// Revokes the join token `id` (the second part of a token), used or not.
+    RevokeJoinToken {
+        id: String,
+    },
+    /// A new node's first request, with a join token and no certificate of its own: it
+    /// receives node `id`'s certificate, reachable at `addr`, and the cluster CA.
+    Enroll {
+        token: String,
+        id: u64,
+        addr: String,
+    },
     /// Starts a tombstone GC job on the leader; answered with its id once every member has
     /// answered the version probe. `min_age_ms` overrides the node's `gc.min_age`.
     GcRun {
@@ -209,6 +225,8 @@ pub struct NodeStatus {
     /// the group-commit factor.
     pub log_fsyncs: u64,
     pub log_entries: u64,
+    /// Whether the node serves TLS only (`false`: it runs insecure, plain TCP).
+    pub secure: bool,
 }
 
 /// The cluster as seen from every member.
@@ -266,6 +284,38 @@ pub enum ClientReply {
     Error(Error),
     Backup(BackupInfo),
     Bytes(Vec<u8>),
+    JoinToken(JoinTokenInfo),
+    Enrolled(Enrollment),
+}
+
+/// A join token, as made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenInfo {
+    /// The token to give `metakv serve --token` (shown once; only its hash is kept).
+    pub token: String,
+    /// Its id, to revoke it.
+    pub id: String,
+    /// When it expires (ms since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// What a node receives with a join token: its certificate and key, and the cluster CA's
+/// (every secure member holds the CA key, so that joins go through any member).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // IMPORTANT: never print a key.
+        f.debug_struct("Enrollment")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) fn applied(response: Response) -> Result<Applied> {
@@ -340,6 +390,35 @@ impl ClientRequest {
     /// The answer to this request when a call that carried it failed with `reason` after it
     /// was sent: [`Error::Ambiguous`] for a write, `Unavailable` for anything else (a read
     /// changed nothing).
+    /// The request's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientRequest::Write(_) => "a write",
+            ClientRequest::Get { .. } => "get",
+            ClientRequest::Scan { .. } => "scan",
+            ClientRequest::Changes { .. } => "changes",
+            ClientRequest::Bucket { .. } => "bucket status",
+            ClientRequest::Buckets { .. } => "bucket list",
+            ClientRequest::Status => "status",
+            ClientRequest::ClusterStatus => "cluster status",
+            ClientRequest::Join { .. } => "join",
+            ClientRequest::Remove { .. } => "remove-node",
+            ClientRequest::JoinToken { .. } => "join-token",
+            ClientRequest::RevokeJoinToken { .. } => "join-token revoke",
+            ClientRequest::Enroll { .. } => "enroll",
+            ClientRequest::GcRun { .. } => "gc run",
+            ClientRequest::GcStatus { .. } => "gc status",
+            ClientRequest::CompactNode => "compact",
+            ClientRequest::CheckNode => "check",
+            ClientRequest::PauseBucket { .. } => "bucket pause",
+            ClientRequest::ResumeBucket { .. } => "bucket resume",
+            ClientRequest::Hibernation { .. } => "hibernation status",
+            ClientRequest::BackupBegin
+            | ClientRequest::BackupChunk { .. }
+            | ClientRequest::BackupEnd { .. } => "backup",
+        }
+    }
+
     pub(crate) fn failed_after_sending(&self, reason: String) -> Error {
         match self {
             ClientRequest::Write(op) => Error::Ambiguous {

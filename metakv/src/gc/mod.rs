@@ -229,9 +229,14 @@ mod tests {
     async fn a_job_record_is_never_forwarded_to_another_leader() {
         let dir = tempfile::tempdir().unwrap();
         let leader = Node::start(config(dir.path(), 1, None)).await.unwrap();
-        let follower = Node::start(config(dir.path(), 2, Some(leader.addr().to_owned())))
-            .await
-            .unwrap();
+        let mut joining = config(dir.path(), 2, Some(leader.addr().to_owned()));
+        joining.join_token = Some(
+            crate::Kv::join_token(&leader, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .token,
+        );
+        let follower = Node::start(joining).await.unwrap();
         let record = JobRecord::started(
             JobId { term: 1, seq: 9 },
             2,

@@ -17,7 +17,8 @@ use futures_util::future::BoxFuture;
 use metakv_raft::candidacy::{Candidacy, LeaderContact, stand_promptly};
 use metakv_raft::network::Network;
 use metakv_raft::restore;
-use metakv_raft::server::{ServerConfig, ServerLimits, Services, serve};
+use metakv_raft::secure::{Peer, TransportTls};
+use metakv_raft::server::{Caller, ServerConfig, ServerLimits, Services, serve};
 use metakv_raft::{LogClosed, LogStats, LogStore, NodeAddr, Raft, SharedStore, StateMachine};
 use metakv_store::{Changes, Op, SYS_BUCKET, Scan, Store};
 use openraft::async_runtime::WatchReceiver;
@@ -38,14 +39,16 @@ use crate::hibernate::{Hibernation, HibernationState};
 use crate::node_core::{Core, DRIVER_TICK, Redirect, blocking_err, redirect};
 use crate::pool::{Pool, unavailable};
 use crate::sync::lock;
-use crate::tls::{NodeTls, Subject};
+use crate::tls::NodeTls;
 
+mod enroll;
 mod identity;
 mod membership;
 mod route;
 mod status;
 
 pub use crate::config::NodeConfig;
+pub use enroll::TOKEN_TTL_MAX;
 pub use identity::{IDENTITY_FILE, Identity, IdentityError};
 pub use route::WATCH_WAIT_MS_MAX;
 use route::leader_only;
@@ -62,6 +65,8 @@ pub(crate) struct Inner {
     core: Arc<Core>,
     /// This node's incarnation (its data dir's, see `identity`).
     incarnation: u64,
+    /// The node's certificate and the cluster CA; `None` when it runs insecure.
+    tls: Option<NodeTls>,
     /// The membership turn: one change at a time on this node (see `membership`).
     membership: tokio::sync::Mutex<()>,
     addr: String,
@@ -84,7 +89,7 @@ pub(super) struct NodeServices(Weak<Inner>);
 impl Services for NodeServices {
     fn call(
         &self,
-        from: Option<u64>,
+        caller: Caller,
         service: String,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, std::result::Result<Vec<u8>, String>> {
@@ -93,7 +98,14 @@ impl Services for NodeServices {
             let node = Node {
                 inner: inner.upgrade().ok_or("the node is shutting down")?,
             };
+            let from = caller.node;
             if service == metakv_gc::SERVICE {
+                if from.is_none() && caller.peer != Peer::Unverified {
+                    return Err(format!(
+                        "GC agents answer only members, not {}",
+                        caller.peer
+                    ));
+                }
                 let request: metakv_gc::AgentRequest = postcard::from_bytes(&payload)
                     .map_err(|e| format!("undecodable GC request: {e}"))?;
                 let reply = node.inner.gc.agent_call(request).await;
@@ -104,13 +116,40 @@ impl Services for NodeServices {
             }
             let request: ClientRequest = postcard::from_bytes(&payload)
                 .map_err(|e| format!("undecodable client request: {e}"))?;
-            let reply = match node.handle(request, from).await {
-                Ok(reply) => reply,
+            let reply = match permitted(&caller, &request) {
                 Err(e) => ClientReply::Error(e),
+                Ok(()) => match node.handle(request, from).await {
+                    Ok(reply) => reply,
+                    Err(e) => ClientReply::Error(e),
+                },
             };
             Ok(postcard::to_stdvec(&reply).expect("client replies encode"))
         })
     }
+}
+
+/// Whether `caller` may send `request`. A member node (forwarding, or asking as a member) and
+/// a user certified by the cluster CA may send anything (users and roles narrow this); a node
+/// that is not a member yet may only ask to join as itself; a connection without a
+/// certificate may only enroll with a join token. In insecure mode everything is allowed.
+fn permitted(caller: &Caller, request: &ClientRequest) -> Result<()> {
+    let allowed = match (&caller.peer, caller.node) {
+        (Peer::Unverified | Peer::User(_), _) | (Peer::Node(_), Some(_)) => true,
+        (Peer::Node(id), None) => match request {
+            ClientRequest::Join { id: joining, .. } => joining == id,
+            ClientRequest::Status => true,
+            _ => false,
+        },
+        (Peer::Anonymous, _) => matches!(request, ClientRequest::Enroll { .. }),
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "not authorised: {} may not send {}",
+        caller.peer,
+        request.name()
+    )))
 }
 
 /// Pending connections the listener queues before the kernel drops SYNs (capped by
@@ -183,13 +222,6 @@ fn io(doing: &str, e: &dyn std::fmt::Display) -> Error {
 async fn open_files(config: &NodeConfig) -> Result<(SharedStore, LogStore, StateMachine)> {
     metakv_store::private::create_dir_all(&config.data_dir)
         .map_err(|e| io("creating the data dir", &e))?;
-    if config.data_dir.join(restore::PARTIAL).exists() {
-        return Err(Error::Storage(format!(
-            "{} holds an unfinished restore ({}): remove the dir and restore again",
-            config.data_dir.display(),
-            restore::PARTIAL
-        )));
-    }
     let store_config = metakv_store::Config {
         path: config.data_dir.join(restore::STATE_FILE),
         cache_bytes: config.cache_bytes,
@@ -254,6 +286,7 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
 fn spawn_tasks(
     inner: &Arc<Inner>,
     listener: TcpListener,
+    tls: Option<TransportTls>,
     gc_ctl: tokio::sync::mpsc::UnboundedReceiver<crate::gc::Ctl>,
     stopped: watch::Receiver<bool>,
 ) {
@@ -288,6 +321,7 @@ fn spawn_tasks(
             client_frame_bytes_max: config.value_bytes_max + (64 << 10),
             ..ServerLimits::default()
         },
+        tls,
     });
     tokio::spawn(crate::gc::drive(
         Arc::downgrade(core),
@@ -328,6 +362,13 @@ impl Node {
         config
             .validate()
             .map_err(|e| Error::invalid(format!("configuration: {e}")))?;
+        if config.data_dir.join(restore::PARTIAL).exists() {
+            return Err(Error::Storage(format!(
+                "{} holds an unfinished restore ({}): remove the dir and restore again",
+                config.data_dir.display(),
+                restore::PARTIAL
+            )));
+        }
         let identity = {
             let (dir, id, cluster) = (
                 config.data_dir.clone(),
@@ -342,7 +383,7 @@ impl Node {
                     false => Error::Storage(e.to_string()),
                 })?
         };
-        let (store, log, sm) = open_files(&config).await?;
+        let fresh = enroll::is_new(&config.data_dir);
         let listener = listen(&config.listen)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -354,11 +395,15 @@ impl Node {
             .advertise
             .clone()
             .unwrap_or_else(|| listen_addr.clone());
+        // Before the files open: a node refused here (a used token) holds nothing open.
+        let (material, transport) = enroll::prepare(&config, fresh, &addr).await?.unzip();
+        let (store, log, sm) = open_files(&config).await?;
         let raft_config = raft_config(&config)?;
         let network = Network {
             cluster_id: config.cluster_id.clone(),
             node_id: config.id,
             append_timeout_min: Duration::from_millis(config.election_timeout_min_ms),
+            tls: transport.clone(),
         };
         let log_stats = log.stats();
         let log_closed = log.closed();
@@ -369,7 +414,11 @@ impl Node {
         let (gc_state, gc_ctl) = GcState::new(config.gc.clone());
         let core = Arc::new(Core {
             id: config.id,
-            pool: Pool::new(config.cluster_id.clone(), Some(config.id)),
+            pool: Pool::new(
+                config.cluster_id.clone(),
+                Some(config.id),
+                transport.clone(),
+            ),
             config: config.clone(),
             raft: raft.clone(),
             store,
@@ -386,6 +435,7 @@ impl Node {
             backups: Backups::new(config.data_dir.join(crate::backup::DIR)),
             core,
             incarnation: identity.incarnation,
+            tls: material,
             membership: tokio::sync::Mutex::new(()),
             addr: addr.clone(),
             listen_addr,
@@ -395,9 +445,10 @@ impl Node {
             failure: watch::channel(None).0,
             server: std::sync::Mutex::new(None),
         });
-        spawn_tasks(&inner, listener, gc_ctl, stopped);
+        spawn_tasks(&inner, listener, transport, gc_ctl, stopped);
         let node = Node { inner };
         node.come_up(&raft).await?;
+        enroll::started(&config.data_dir);
         Ok(node)
     }
 
@@ -423,11 +474,9 @@ impl Node {
             }
             (_, true) => {
                 tracing::info!(id = config.id, %addr, "node restarted on its files");
-                self.check_tls().await?;
                 self.record_own_address().await?;
             }
             (None, false) => {
-                self.make_tls().await?;
                 let members = BTreeMap::from([(config.id, NodeAddr { addr: addr.clone() })]);
                 raft.initialize(members)
                     .await
@@ -449,49 +498,6 @@ impl Node {
             }
         }
         Ok(())
-    }
-
-    /// Makes a new cluster's CA, this node's certificate and the admin credentials file
-    /// (`crate::tls`), once, on the first start of the node that makes the cluster.
-    async fn make_tls(&self) -> Result<()> {
-        let config = &self.inner.core.config;
-        if NodeTls::exists(&config.data_dir) {
-            return self.check_tls().await;
-        }
-        let (dir, subject) = (config.data_dir.clone(), self.tls_subject());
-        let host = self
-            .inner
-            .addr
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']).to_owned());
-        tokio::task::spawn_blocking(move || NodeTls::create(&dir, &subject, host.as_deref()))
-            .await
-            .map_err(blocking_err)?
-            .map_err(|e| io("making the cluster's TLS material", &e))?;
-        tracing::info!(
-            creds = %config.data_dir.join(crate::tls::ADMIN_CREDS).display(),
-            "made the cluster CA, this node's certificate and the admin credentials"
-        );
-        Ok(())
-    }
-
-    /// Checks that the TLS material in the data dir, if any, is this node's.
-    async fn check_tls(&self) -> Result<()> {
-        let (dir, subject) = (self.inner.core.config.data_dir.clone(), self.tls_subject());
-        if !NodeTls::exists(&dir) {
-            return Ok(());
-        }
-        tokio::task::spawn_blocking(move || NodeTls::load(&dir, &subject).map(|_| ()))
-            .await
-            .map_err(blocking_err)?
-            .map_err(|e| Error::invalid(e.to_string()))
-    }
-
-    fn tls_subject(&self) -> Subject {
-        Subject::Node {
-            cluster: self.inner.core.config.cluster_id.clone(),
-            id: self.inner.core.id,
-        }
     }
 
     /// A node alone in its cluster whose membership records another address than the one it
@@ -557,7 +563,11 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.inner.core.config.request_timeout * 6;
         // The joiner is no member yet: it asks as a client does, so that a follower it dials
         // passes the request on to the leader (a member's request is never forwarded twice).
-        let as_client = Pool::new(self.inner.core.config.cluster_id.clone(), None);
+        let as_client = Pool::new(
+            self.inner.core.config.cluster_id.clone(),
+            None,
+            self.inner.core.pool.tls().cloned(),
+        );
         loop {
             let outcome = as_client
                 .client_call(seed, &request, self.inner.core.config.request_timeout * 6)

@@ -198,7 +198,10 @@ impl Node {
             | ClientRequest::BackupChunk { .. }
             | ClientRequest::BackupEnd { .. }
             | ClientRequest::Join { .. }
-            | ClientRequest::Remove { .. } => return self.try_admin(request).await,
+            | ClientRequest::Remove { .. }
+            | ClientRequest::JoinToken { .. }
+            | ClientRequest::RevokeJoinToken { .. }
+            | ClientRequest::Enroll { .. } => return self.try_admin(request).await,
         })
     }
 
@@ -353,6 +356,11 @@ impl Node {
                 incarnation,
             } => return self.join(id, addr, incarnation).await,
             ClientRequest::Remove { id } => return self.remove(id).await,
+            ClientRequest::JoinToken { ttl_ms } => return self.create_join_token(ttl_ms).await,
+            ClientRequest::RevokeJoinToken { id } => return self.revoke_join_token(&id).await,
+            ClientRequest::Enroll { token, id, addr } => {
+                return self.enroll_node(&token, id, &addr).await;
+            }
             ClientRequest::Write(_)
             | ClientRequest::Get { .. }
             | ClientRequest::Scan { .. }

@@ -84,6 +84,7 @@ impl Node {
                 .log_stats
                 .entries
                 .load(std::sync::atomic::Ordering::Relaxed),
+            secure: self.inner.tls.is_some(),
         }
     }
 }

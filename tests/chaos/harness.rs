@@ -972,13 +972,23 @@ async fn compare_copies(
     for s in nodes.members() {
         let id = nodes.slots[s].id;
         let client = nodes.client_of(s, Duration::from_secs(10));
-        let rows: Vec<_> = crate::common::local_records(&client, BUCKET)
-            .await
+        // A copy that cannot be read is a violation with the run's timeline, not a panic
+        // that loses it.
+        let (hot, cold_copy) = match (
+            crate::common::try_local_records(&client, BUCKET).await,
+            crate::common::try_local_records(&client, COLD).await,
+        ) {
+            (Ok(hot), Ok(cold_copy)) => (hot, cold_copy),
+            (Err(e), _) | (_, Err(e)) => {
+                violations.push(diverged(format!("node {id}'s copy cannot be read: {e}")));
+                continue;
+            }
+        };
+        let rows: Vec<_> = hot
             .into_iter()
             .map(|(k, r)| (k, r.rev, r.deleted, r.value))
             .collect();
-        let cold_rows: Vec<(Vec<u8>, Vec<u8>)> = crate::common::local_records(&client, COLD)
-            .await
+        let cold_rows: Vec<(Vec<u8>, Vec<u8>)> = cold_copy
             .into_iter()
             .filter(|(_, r)| !r.deleted)
             .map(|(k, r)| (k, r.value))

@@ -343,17 +343,24 @@ pub async fn load(node: &Node, bucket: &str, n: usize, keep_every: usize) -> Vec
 /// Every record of `bucket` on `node`'s own copy, tombstones included (`node`: a `Node`, or a
 /// `Client` through that node only).
 pub async fn local_records<K: Kv>(node: &K, bucket: &str) -> Vec<(Vec<u8>, Record)> {
+    try_local_records(node, bucket).await.unwrap()
+}
+
+/// The same, or why it could not be read.
+pub async fn try_local_records<K: Kv>(
+    node: &K,
+    bucket: &str,
+) -> metakv::Result<Vec<(Vec<u8>, Record)>> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
         let page = node
             .scan(bucket, b"", after.clone(), 1000, true, Consistency::Local)
-            .await
-            .unwrap();
+            .await?;
         out.extend(page.items);
         match page.next {
             Some(n) => after = Some(n),
-            None => return out,
+            None => return Ok(out),
         }
     }
 }

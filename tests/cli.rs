@@ -894,3 +894,80 @@ fn ls_lists_everything_and_says_when_a_limit_cut_it() {
     assert_eq!(out.lines().count(), 1_500);
     assert!(err.is_empty(), "nothing follows, yet: {err}");
 }
+
+/// `--insecure` is the explicit opt-out: the node serves plain TCP and says so at start and in
+/// `cluster status`; a command talks to it with `--insecure` (and warns), and one without
+/// credentials is told where they would be. A data dir such a node wrote has no certificate:
+/// served without `--insecure`, it is refused with what to do, and nothing changes.
+#[test]
+fn insecure_is_explicit_and_a_dir_without_certificates_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node1");
+    let mut node = common::serve_args(
+        dir.path(),
+        1,
+        &[
+            "--insecure".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ],
+    );
+    let addr = node.addr.clone();
+    assert!(!data.join("tls").exists() && !data.join("admin.creds").exists());
+    let log = std::fs::read_to_string(dir.path().join("node1.log")).unwrap();
+    assert!(log.contains("INSECURE"), "{log}");
+    let insecure = |args: &[&str]| {
+        let out = metakv()
+            .args(["--insecure", "--endpoint", &addr])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (
+            out.status.code().unwrap(),
+            text(out.stdout),
+            text(out.stderr),
+        )
+    };
+    let (code, _, err) = insecure(&["bucket", "create", "users"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("--insecure: nothing sent or received is encrypted"),
+        "{err}"
+    );
+    let (code, out, _) = insecure(&["cluster", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("INSECURE"), "{out}");
+    // Without --insecure and without credentials: a usage error saying where they would be.
+    let out = metakv()
+        .current_dir(dir.path())
+        .args(["--endpoint", &addr, "get", "users", "ada"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("metakv-data/admin.creds") && err.contains("--creds"),
+        "{err}"
+    );
+
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    let out = metakv()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ran without TLS") && err.contains("--insecure"),
+        "{err}"
+    );
+    assert!(
+        !data.join("tls").exists(),
+        "the refused start made TLS material"
+    );
+}

@@ -127,7 +127,22 @@ async fn only_a_current_member_s_certificate_acts_as_a_node() {
         .unwrap();
     let err = refusal(conn.call(&forged_vote(removed), ttl).await);
     assert!(
-        err.contains(&format!("node {removed} is not a member")),
+        err.contains(&format!("node {removed} was removed")),
+        "{err}"
+    );
+    // Nor entries: a removed member cannot pose as a leader either.
+    let mut conn = Conn::dial(&target, "metakv", Some(removed), Some(&old))
+        .await
+        .unwrap();
+    let append = Request::AppendEntries(openraft::raft::AppendEntriesRequest {
+        vote: Vote::new_committed(1000, removed),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    });
+    let err = refusal(conn.call(&append, ttl).await);
+    assert!(
+        err.contains(&format!("node {removed} was removed")),
         "{err}"
     );
 

@@ -3,10 +3,12 @@
 //! A connection must finish its TLS handshake (unless the node is insecure) and say a
 //! [`Hello`] with this cluster's id and protocol version within [`HANDSHAKE_TIMEOUT`], or it is
 //! refused with the reason and closed. A connection speaks for a node only if its hello names
-//! one and, under TLS, its certificate names the same node; Raft RPCs and a node's service
-//! calls are then accepted only while that node is in this node's membership (checked for
-//! every request, so a removed member is refused from the moment its removal is in the log
-//! here, though its certificate has not expired). A frame that is oversized, damaged or
+//! one and, under TLS, its certificate names the same node. Its requests are checked against
+//! this node's membership on every request ([`admitted`]): votes, leadership transfers and
+//! service calls only from a member; entries and snapshots from any node but one seen to be
+//! removed (the leader may be a node this node has not heard of yet). A removed member is
+//! refused from the moment its removal is in the log here, though its certificate has not
+//! expired. A frame that is oversized, damaged or
 //! undecodable gets a `Malformed` reply, is logged, and closes that connection only.
 //!
 //! What a dialer can make the node hold is bounded ([`ServerLimits`]): open connections (at
@@ -248,6 +250,8 @@ pub async fn serve(
     let conn_ids = Arc::new(AtomicU64::new(0));
     let registry = Arc::new(Registry::default());
     let refusals = Arc::new(RefusalLog::default());
+    let members = Arc::new(Members::default());
+    tokio::spawn(Arc::clone(&members).follow(raft.clone(), shutdown.clone()));
     let stopper = shutdown.clone();
     loop {
         tokio::select! {
@@ -261,9 +265,9 @@ pub async fn serve(
                         continue;
                     };
                     let (raft, config, services, mut stop) = (raft.clone(), Arc::clone(&config), Arc::clone(&services), stopper.clone());
-                    let (registry, refusals) = (Arc::clone(&registry), Arc::clone(&refusals));
+                    let (registry, refusals, members) = (Arc::clone(&registry), Arc::clone(&refusals), Arc::clone(&members));
                     tokio::spawn(async move {
-                        let conn = Conn { id, registry: Arc::clone(&registry), refusals };
+                        let conn = Conn { id, registry: Arc::clone(&registry), refusals, members };
                         tokio::select! {
                             _ = connection(tcp, conn, raft, config, services) => {}
                             _ = close.notified() => tracing::debug!(%peer, "closed to make room for a new connection"),
@@ -290,6 +294,92 @@ struct Conn {
     id: u64,
     registry: Arc<Registry>,
     refusals: Arc<RefusalLog>,
+    members: Arc<Members>,
+}
+
+/// Where a node stands in this node's view of the membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// In the latest membership in this node's log (joint configs and learners included).
+    Member,
+    /// Was in a membership this node has seen, and is not any more.
+    Removed,
+    /// Never seen here: a node added by entries this node has not received yet, or a stranger.
+    Unknown,
+    /// This node has no membership yet (it is being added).
+    NoMembership,
+}
+
+/// The node ids this node has seen in its membership since it started, to tell a removed
+/// member from one it has not heard of yet.
+#[derive(Debug, Default)]
+struct Members {
+    seen: Mutex<std::collections::BTreeSet<u64>>,
+}
+
+impl Members {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn current(raft: &Raft) -> Vec<u64> {
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Records every id of the current membership as seen, until `stop`.
+    async fn follow(self: Arc<Self>, raft: Raft, mut stop: watch::Receiver<bool>) {
+        let mut metrics = raft.metrics();
+        loop {
+            self.lock().extend(Members::current(&raft));
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn standing(&self, raft: &Raft, id: u64) -> Standing {
+        let current = Members::current(raft);
+        let mut seen = self.lock();
+        seen.extend(current.iter().copied());
+        if current.is_empty() {
+            Standing::NoMembership
+        } else if current.contains(&id) {
+            Standing::Member
+        } else if seen.contains(&id) {
+            Standing::Removed
+        } else {
+            Standing::Unknown
+        }
+    }
+}
+
+/// Whether a request from node `id`, standing so here, is taken. Entries and snapshots come
+/// from the leader, which a node that is behind may not know yet: only a node seen leaving
+/// the membership is refused. A vote, a leadership transfer and a service call must come from
+/// a member (a new voter wins its election with the votes of the majority that committed
+/// its addition, which know it).
+fn admitted(request: &Request, standing: Standing) -> bool {
+    match request {
+        Request::AppendEntries(_)
+        | Request::SnapshotBegin { .. }
+        | Request::SnapshotChunk(_)
+        | Request::SnapshotDone => standing != Standing::Removed,
+        Request::Vote(_)
+        | Request::PreVote(_)
+        | Request::TransferLeader(_)
+        | Request::Service { .. } => {
+            matches!(standing, Standing::Member | Standing::NoMembership)
+        }
+    }
 }
 
 /// A snapshot being received on one connection.
@@ -453,7 +543,7 @@ async fn connection(
         let (reply, close) = match dispatch(
             request,
             caller,
-            conn.id,
+            &conn,
             &raft,
             &config,
             services.as_ref(),
@@ -485,7 +575,7 @@ async fn connection(
 async fn dispatch(
     request: Request,
     caller: Caller,
-    conn: u64,
+    conn: &Conn,
     raft: &Raft,
     config: &ServerConfig,
     services: &dyn Services,
@@ -494,9 +584,13 @@ async fn dispatch(
     let is_raft = !matches!(request, Request::Service { .. });
     match caller.node {
         None if is_raft => return Err("raft requests are only accepted from nodes".into()),
-        Some(id) if !member_here(raft, id) => {
-            return Err(format!("node {id} is not a member of this node's cluster"));
-        }
+        Some(id) => match conn.members.standing(raft, id) {
+            standing if admitted(&request, standing) => {}
+            Standing::Removed => {
+                return Err(format!("node {id} was removed from this node's cluster"));
+            }
+            _ => return Err(format!("node {id} is not a member of this node's cluster")),
+        },
         _ => {}
     }
     let failed = |e: &dyn std::fmt::Display| Reply::Failed(e.to_string());
@@ -520,7 +614,7 @@ async fn dispatch(
             .await
             .map_or_else(|e| failed(&e), Reply::TransferLeader),
         Request::SnapshotBegin { vote, meta, len } => {
-            let path = config.spool_dir.join(format!("incoming-{conn}.tmp"));
+            let path = config.spool_dir.join(format!("incoming-{}.tmp", conn.id));
             let (dir, at, reserve) = (
                 config.spool_dir.clone(),
                 path.clone(),
@@ -617,16 +711,6 @@ async fn starts_like_tls(tcp: &TcpStream) -> bool {
         }
     }
     first == [0x16, 0x03]
-}
-
-/// Whether node `id` is in this node's membership (the latest in its log, joint configs and
-/// learners included). A node with no membership yet (it is being added) hears from any node
-/// of the cluster: the leader adding it is not in a membership it knows.
-fn member_here(raft: &Raft, id: u64) -> bool {
-    let metrics = raft.metrics();
-    let m = metrics.borrow_watched();
-    let membership = m.membership_config.membership();
-    membership.nodes().next().is_none() || membership.get_node(&id).is_some()
 }
 
 #[cfg(test)]

@@ -223,7 +223,8 @@ pub(super) async fn prepare(
 /// What a node started on a data dir from before TLS is told.
 pub(crate) fn pre_tls_message(dir: &Path) -> String {
     format!(
-        "{} holds a node made before metakv used TLS, and has no certificate: start its \
+        "{} holds a node that ran without TLS (made before metakv used TLS, or with \
+         --insecure), and has no certificate: start its \
          cluster with --insecure, take a backup (`metakv --insecure backup FILE`), restore it \
          into a new data dir (`metakv restore FILE --data-dir DIR`) and serve that: a restored \
          node starts a new, secure cluster",

@@ -25,6 +25,59 @@ pub enum ClusterCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Adds user NAME and prints its token (shown once; only its hash is kept).
+    Add {
+        name: String,
+        /// A role to hold (repeat for more).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Also write a credentials file for the user: the CA certificate and the token (0600).
+        #[arg(long, value_name = "FILE")]
+        creds_out: Option<std::path::PathBuf>,
+    },
+    /// Every user, its roles and how many tokens it has.
+    List,
+    /// Removes user NAME: its tokens stop working at once.
+    Remove { name: String },
+    /// Prints a new token for user NAME.
+    Token {
+        name: String,
+        /// The user's other tokens stop working.
+        #[arg(long)]
+        revoke_all: bool,
+        /// Also write a credentials file for the user (the CA certificate and the token).
+        #[arg(long, value_name = "FILE")]
+        creds_out: Option<std::path::PathBuf>,
+    },
+    /// Gives user NAME role ROLE.
+    Grant { name: String, role: String },
+    /// Takes role ROLE from user NAME.
+    Revoke { name: String, role: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCmd {
+    /// Adds role NAME: BUCKET is a bucket name or `*` (every bucket).
+    Add {
+        name: String,
+        /// Read (get, ls, watch, bucket status) on BUCKET (repeat for more).
+        #[arg(long, value_name = "BUCKET")]
+        read: Vec<String>,
+        /// Write (put, del) on BUCKET (repeat for more).
+        #[arg(long, value_name = "BUCKET")]
+        write: Vec<String>,
+        /// Everything else: buckets, GC, compaction, checks, backups, membership, users, roles.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Every role and what it grants.
+    List,
+    /// Removes role NAME (users that hold it lose what it granted at once).
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BucketCmd {
     Create {
         name: String,
@@ -106,6 +159,12 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
+    /// Users: add (prints its token once), list, remove, a new token, grant and revoke roles.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Roles: what a user may read, write or administer.
+    #[command(subcommand)]
+    Role(RoleCmd),
     /// Integrity check: redb's page checksums, every record's crc and contents, every index.
     /// Of the node at --endpoint while it runs (its requests wait meanwhile), or with
     /// --data-dir of a stopped node's files. Exit 1 with every problem listed.

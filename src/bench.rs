@@ -46,7 +46,7 @@ pub fn run(
         let dir = tempfile::Builder::new().prefix("metakv-bench-").tempdir()?;
         let mut nodes = Vec::new();
         let (endpoints, security) = match endpoints {
-            Some(e) => (e, crate::cli::security(insecure, creds.as_deref())?),
+            Some(e) => (e, crate::cli::security(insecure, creds.as_deref(), None)?),
             None => {
                 let security = if insecure { metakv::Security::Insecure } else { metakv::Security::Tls };
                 let config = |id: u64| {

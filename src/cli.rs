@@ -26,6 +26,7 @@ impl From<Error> for Fail {
         let code = match e.rejection_kind() {
             Some(RejectionKind::BucketNotFound) => 3,
             Some(RejectionKind::BucketPaused) => 5,
+            _ if matches!(e, Error::Denied { .. }) => 6,
             _ if matches!(e, Error::Ambiguous { .. }) => 7,
             _ => 1,
         };
@@ -85,7 +86,11 @@ pub const DEFAULT_CREDS: &str = "metakv-data/admin.creds";
 
 /// The credentials a command presents (`--creds`, `METAKV_CREDS`, or [`DEFAULT_CREDS`]), or
 /// insecure with a warning.
-pub fn security(insecure: bool, creds: Option<&std::path::Path>) -> Result<Security, String> {
+pub fn security(
+    insecure: bool,
+    creds: Option<&std::path::Path>,
+    token: Option<String>,
+) -> Result<Security, String> {
     if insecure {
         if creds.is_some() {
             return Err("--insecure and --creds exclude each other".into());
@@ -102,9 +107,11 @@ pub fn security(insecure: bool, creds: Option<&std::path::Path>) -> Result<Secur
             path.display()
         ));
     }
-    metakv::ClientCreds::load(path)
-        .map(Security::Creds)
-        .map_err(|e| format!("credentials: {e}"))
+    let creds = metakv::ClientCreds::load(path).map_err(|e| format!("credentials: {e}"))?;
+    Ok(Security::Creds(match token {
+        Some(token) => creds.with_token(token),
+        None => creds,
+    }))
 }
 
 /// A client of `endpoints` secured as `security` says.
@@ -134,11 +141,15 @@ pub fn run(
         Ok(r) => r,
         Err(e) => return fail(json, Fail(1, e.to_string())),
     };
+    let ca_pem = match &security {
+        Security::Creds(creds) => Some(creds.ca_pem.as_str()),
+        Security::Insecure => None,
+    };
     let client = match client(&security, endpoints, &cluster_id) {
         Ok(c) => c,
         Err(e) => return fail(json, Fail(2, e.to_string())),
     };
-    match runtime.block_on(command(&client, json, cmd)) {
+    match runtime.block_on(command(&client, ca_pem, json, cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => fail(json, f),
     }
@@ -151,6 +162,7 @@ fn kind_of(code: u8) -> &'static str {
         3 => "not_found",
         4 => "expectation_failed",
         5 => "bucket_paused",
+        6 => "not_authorised",
         7 => "outcome_unknown",
         _ => "failed",
     }
@@ -185,7 +197,12 @@ fn written(applied: Applied, what: &str) -> Result<u64, Fail> {
     }
 }
 
-async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail> {
+async fn command(
+    client: &Client,
+    ca_pem: Option<&str>,
+    json: bool,
+    cmd: ClientCmd,
+) -> Result<(), Fail> {
     match cmd {
         ClientCmd::Check {
             data_dir: Some(dir),
@@ -286,6 +303,8 @@ async fn command(client: &Client, json: bool, cmd: ClientCmd) -> Result<(), Fail
         } => watch(client, json, &bucket, &prefix, from_rev).await?,
         ClientCmd::Gc(cmd) => gc_command(client, json, cmd).await?,
         ClientCmd::Cluster(cmd) => cluster_command(client, json, cmd).await?,
+        ClientCmd::User(cmd) => crate::access::user_command(client, ca_pem, json, cmd).await?,
+        ClientCmd::Role(cmd) => crate::access::role_command(client, json, cmd).await?,
         ClientCmd::Bucket(cmd) => bucket_command(client, json, cmd).await?,
     }
     Ok(())

@@ -8,6 +8,7 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::write_out(format_args!($($t)*)) };
 }
 
+mod access;
 mod args;
 mod bench;
 mod cli;
@@ -41,6 +42,10 @@ struct Cli {
     /// [default: ./metakv-data/admin.creds, which the first node of a cluster writes].
     #[arg(long, global = true, env = "METAKV_CREDS")]
     creds: Option<PathBuf>,
+    /// A user token (`metakv user add`, `user token`): the command acts for that user; the
+    /// credentials file still gives the CA.
+    #[arg(long, global = true, env = "METAKV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Plain TCP, nothing verified: for a node, serve without TLS (anyone who reaches the port
     /// can read every value and act as a member); for a command, talk to such a node.
     #[arg(long, global = true)]
@@ -122,7 +127,7 @@ fn main() -> ExitCode {
             let security = match cmd.is_offline() {
                 // It builds a client it never uses: nothing is dialed.
                 true => cli::Security::Insecure,
-                false => match cli::security(cli.insecure, cli.creds.as_deref()) {
+                false => match cli::security(cli.insecure, cli.creds.as_deref(), cli.token) {
                     Ok(s) => s,
                     Err(why) => return cli::usage_error(cli.json, &why),
                 },

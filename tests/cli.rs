@@ -686,7 +686,7 @@ fn files_are_owner_only_under_umask_000() {
         c
     };
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_metakv"));
-    let mut serve = under_umask_000(bin)
+    let serve = under_umask_000(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data-dir")
@@ -695,9 +695,14 @@ fn files_are_owner_only_under_umask_000() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Killed when the test ends, also when an assertion fails first.
+    let mut serve = common::Proc {
+        child: serve,
+        addr: String::new(),
+    };
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(serve.child.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
@@ -735,8 +740,8 @@ fn files_are_owner_only_under_umask_000() {
         "--archive",
         archive.to_str().unwrap(),
     ]);
-    let _ = serve.kill();
-    let _ = serve.wait();
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
 
     let mut loose = Vec::new();
     let mut seen = 0;

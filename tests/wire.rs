@@ -56,6 +56,7 @@ async fn bad_connections_are_refused_and_the_node_keeps_serving() {
         cluster_id: "metakv".into(),
         from: Some(1),
         protocol: PROTOCOL_VERSION,
+        token: None,
     };
     let reply = exchange(tcp, &encode_frame(&plain)).await;
     let (answer, _) = metakv_raft::wire::decode_frame::<HelloReply>(&reply).unwrap();
@@ -73,6 +74,7 @@ async fn bad_connections_are_refused_and_the_node_keeps_serving() {
             cluster_id: cluster_id.into(),
             from: None,
             protocol,
+            token: None,
         })
     };
 
@@ -226,6 +228,7 @@ async fn a_flood_of_connections_and_frames_leaves_the_node_serving_in_bounded_me
             cluster_id: "metakv".into(),
             from,
             protocol: PROTOCOL_VERSION,
+            token: None,
         })
     };
 

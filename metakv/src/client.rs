@@ -20,7 +20,8 @@ pub struct Client {
 impl Client {
     /// A client of the secure cluster `cluster_id` reached through `endpoints` (tried in
     /// order; the next one is tried when one cannot be reached). It talks TLS 1.3, trusts
-    /// only nodes certified by the CA in `creds`, and presents the user's certificate there.
+    /// only nodes certified by the CA in `creds`, and acts for the user of its token, or else
+    /// of its certificate.
     ///
     /// # Errors
     ///
@@ -32,7 +33,7 @@ impl Client {
         Ok(Client {
             endpoints,
             cluster_id: cluster_id.to_owned(),
-            pool: Pool::new(cluster_id.to_owned(), None, Some(tls)),
+            pool: Pool::new(cluster_id.to_owned(), None, Some(tls)).with_token(creds.token.clone()),
             timeout: Duration::from_secs(15),
         })
     }
@@ -55,7 +56,8 @@ impl Client {
         Client {
             endpoints: vec![endpoint.to_owned()],
             cluster_id: self.cluster_id.clone(),
-            pool: Pool::new(self.cluster_id.clone(), None, self.pool.tls().cloned()),
+            pool: Pool::new(self.cluster_id.clone(), None, self.pool.tls().cloned())
+                .with_token(self.pool.token().cloned()),
             timeout: self.timeout,
         }
     }

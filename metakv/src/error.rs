@@ -38,6 +38,10 @@ pub enum Error {
     /// without one may be applied twice.
     #[error("outcome unknown: {what} was sent, then {reason}; it may or may not have been applied")]
     Ambiguous { what: String, reason: String },
+    /// The caller is not authorised: its token is unknown or revoked (`user` is what it
+    /// claimed), or its roles do not grant what the request needs. Nothing was done.
+    #[error("not authorised: {user} may not {action}")]
+    Denied { user: String, action: String },
 }
 
 impl Error {

@@ -28,6 +28,7 @@ mod snapshots;
 mod client;
 mod node;
 
+pub use api::{AccessReply, AccessRequest, Grants, Need, UserInfo};
 pub use api::{
     BackupInfo, ChangesPage, ClientReply, ClientRequest, ClusterStatus, Consistency, Enrollment,
     GcStatus, HibernationStatus, JoinTokenInfo, Kv, Member, MemberReport, NodeCheck, NodeCompacted,

@@ -21,6 +21,8 @@ pub(crate) struct Pool {
     from: Option<u64>,
     /// TLS for every dial; `None` in insecure mode.
     tls: Option<TransportTls>,
+    /// The user token every connection's hello carries (a client acting for a user).
+    token: Option<String>,
     idle: Mutex<HashMap<String, Vec<Conn>>>,
 }
 
@@ -30,8 +32,19 @@ impl Pool {
             cluster_id,
             from,
             tls,
+            token: None,
             idle: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same pool acting for the user of `token`.
+    pub(crate) fn with_token(mut self, token: Option<String>) -> Pool {
+        self.token = token;
+        self
+    }
+
+    pub(crate) fn token(&self) -> Option<&String> {
+        self.token.as_ref()
     }
 
     pub(crate) fn tls(&self) -> Option<&TransportTls> {
@@ -64,7 +77,14 @@ impl Pool {
                 Some(conn) if conn.is_stale() => continue,
                 Some(conn) => break conn,
                 None => {
-                    break Conn::dial(addr, &self.cluster_id, self.from, self.tls.as_ref()).await?;
+                    break Conn::dial_as(
+                        addr,
+                        &self.cluster_id,
+                        self.from,
+                        self.tls.as_ref(),
+                        self.token.as_deref(),
+                    )
+                    .await?;
                 }
             }
         };

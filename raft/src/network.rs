@@ -70,6 +70,17 @@ impl Conn {
         from: Option<u64>,
         tls: Option<&TransportTls>,
     ) -> Result<Conn, CallError> {
+        Conn::dial_as(addr, cluster_id, from, tls, None).await
+    }
+
+    /// [`Conn::dial`] for a client that acts for the user of `token`.
+    pub async fn dial_as(
+        addr: &str,
+        cluster_id: &str,
+        from: Option<u64>,
+        tls: Option<&TransportTls>,
+        token: Option<&str>,
+    ) -> Result<Conn, CallError> {
         let connect = |reason: String| CallError::Connect {
             addr: addr.to_owned(),
             reason,
@@ -99,6 +110,7 @@ impl Conn {
                 cluster_id: cluster_id.to_owned(),
                 from,
                 protocol: PROTOCOL_VERSION,
+                token: token.map(str::to_owned),
             };
             write_frame(&mut stream, &hello)
                 .await

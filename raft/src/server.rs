@@ -212,6 +212,8 @@ pub struct Caller {
     pub node: Option<u64>,
     /// Who its certificate names ([`Peer::Unverified`] in insecure mode).
     pub peer: Peer,
+    /// The user token its hello carried, unchecked.
+    pub token: Option<String>,
 }
 
 /// The node's named services (client API, GC and hibernation agents, admin), called through
@@ -539,6 +541,7 @@ async fn connection(
         let caller = Caller {
             node: hello.from,
             peer: certified.clone(),
+            token: hello.token.clone(),
         };
         let (reply, close) = match dispatch(
             request,

@@ -23,7 +23,8 @@ use crate::types::{SnapshotMeta, TypeConfig, Vote};
 /// Version of everything in this module, and of the services' payloads it carries (the
 /// library's client requests, the GC agents' calls). Nodes and clients of other versions are
 /// refused. 2: a client `Join` carries the joining node's incarnation. 3: join tokens
-/// (`Enroll`, `JoinToken`, `RevokeJoinToken`), and TLS under the hello.
+/// (`Enroll`, `JoinToken`, `RevokeJoinToken`), TLS under the hello, users and roles (`Access`,
+/// a hello's `token`).
 pub const PROTOCOL_VERSION: u32 = 3;
 /// Longest frame payload: an append of entries with the largest values the store may be
 /// configured for still fits, with room for the envelope.
@@ -163,6 +164,10 @@ pub struct Hello {
     /// The dialing node, or `None` for a client.
     pub from: Option<u64>,
     pub protocol: u32,
+    /// A client's user token (`metakv user token`), which names the user this connection
+    /// acts for in place of its certificate's. The node checks it; the transport only carries
+    /// it.
+    pub token: Option<String>,
 }
 
 impl Hello {
@@ -246,6 +251,7 @@ mod tests {
             cluster_id: "c".into(),
             from: Some(3),
             protocol: PROTOCOL_VERSION,
+            token: None,
         };
         let bytes = encode_frame(&hello);
         let (back, used) = decode_frame::<Hello>(&bytes).unwrap();

@@ -374,6 +374,20 @@ pub trait Kv {
         }
     }
 
+    /// Manages users and roles (an admin's request; see [`crate::api::access`]).
+    ///
+    /// # Errors
+    ///
+    /// `Denied` for a caller without the admin role; `Rejected` (kind `Invalid`) for a bad
+    /// or unknown name, an existing user or role, a role the user does not hold; `Busy` when
+    /// another change to the same user or role came first.
+    async fn access(&self, request: super::AccessRequest) -> Result<super::AccessReply> {
+        match self.request(ClientRequest::Access(request)).await? {
+            ClientReply::Access(reply) => Ok(reply),
+            other => unexpected(other),
+        }
+    }
+
     /// Makes a join token that lets one new node join within `ttl` (at most
     /// [`crate::TOKEN_TTL_MAX`]): `metakv serve --join ADDR --token TOKEN`. The token is shown
     /// once; the cluster keeps only its hash.

@@ -7,6 +7,9 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+pub mod access;
+pub use access::{ADMIN, ALL_BUCKETS, AccessReply, AccessRequest, Grants, Need, UserInfo};
+
 use crate::error::{Error, Result};
 
 pub(crate) mod backup;
@@ -101,6 +104,8 @@ pub enum ClientRequest {
         id: u64,
         addr: String,
     },
+    /// Users and roles (see [`access`]).
+    Access(AccessRequest),
     /// Starts a tombstone GC job on the leader; answered with its id once every member has
     /// answered the version probe. `min_age_ms` overrides the node's `gc.min_age`.
     GcRun {
@@ -286,6 +291,7 @@ pub enum ClientReply {
     Bytes(Vec<u8>),
     JoinToken(JoinTokenInfo),
     Enrolled(Enrollment),
+    Access(AccessReply),
 }
 
 /// A join token, as made.
@@ -406,6 +412,7 @@ impl ClientRequest {
             ClientRequest::JoinToken { .. } => "join-token",
             ClientRequest::RevokeJoinToken { .. } => "join-token revoke",
             ClientRequest::Enroll { .. } => "enroll",
+            ClientRequest::Access(_) => "user and role management",
             ClientRequest::GcRun { .. } => "gc run",
             ClientRequest::GcStatus { .. } => "gc status",
             ClientRequest::CompactNode => "compact",

@@ -41,6 +41,7 @@ use crate::pool::{Pool, unavailable};
 use crate::sync::lock;
 use crate::tls::NodeTls;
 
+mod access;
 mod enroll;
 mod identity;
 mod membership;
@@ -67,6 +68,8 @@ pub(crate) struct Inner {
     incarnation: u64,
     /// The node's certificate and the cluster CA; `None` when it runs insecure.
     tls: Option<NodeTls>,
+    /// Denied requests logged per second at most.
+    denials: metakv_raft::server::RefusalLog,
     /// The membership turn: one change at a time on this node (see `membership`).
     membership: tokio::sync::Mutex<()>,
     addr: String,
@@ -116,7 +119,7 @@ impl Services for NodeServices {
             }
             let request: ClientRequest = postcard::from_bytes(&payload)
                 .map_err(|e| format!("undecodable client request: {e}"))?;
-            let reply = match permitted(&caller, &request) {
+            let reply = match node.authorize(&caller, &request, &node.inner.denials).await {
                 Err(e) => ClientReply::Error(e),
                 Ok(()) => match node.handle(request, from).await {
                     Ok(reply) => reply,
@@ -128,10 +131,10 @@ impl Services for NodeServices {
     }
 }
 
-/// Whether `caller` may send `request`. A member node (forwarding, or asking as a member) and
-/// a user certified by the cluster CA may send anything (users and roles narrow this); a node
-/// that is not a member yet may only ask to join as itself; a connection without a
-/// certificate may only enroll with a join token. In insecure mode everything is allowed.
+/// Whether `caller`, no user, may send `request`: a member node (forwarding, or asking as a
+/// member) anything; a node that is not a member yet only to join as itself; a connection
+/// without a certificate or token only to enroll with a join token. In insecure mode
+/// everything is allowed. A user's requests are checked against its roles (`access`).
 fn permitted(caller: &Caller, request: &ClientRequest) -> Result<()> {
     let allowed = match (&caller.peer, caller.node) {
         (Peer::Unverified | Peer::User(_), _) | (Peer::Node(_), Some(_)) => true,
@@ -436,6 +439,7 @@ impl Node {
             core,
             incarnation: identity.incarnation,
             tls: material,
+            denials: Default::default(),
             membership: tokio::sync::Mutex::new(()),
             addr: addr.clone(),
             listen_addr,

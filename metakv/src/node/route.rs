@@ -201,7 +201,8 @@ impl Node {
             | ClientRequest::Remove { .. }
             | ClientRequest::JoinToken { .. }
             | ClientRequest::RevokeJoinToken { .. }
-            | ClientRequest::Enroll { .. } => return self.try_admin(request).await,
+            | ClientRequest::Enroll { .. }
+            | ClientRequest::Access(_) => return self.try_admin(request).await,
         })
     }
 
@@ -361,6 +362,7 @@ impl Node {
             ClientRequest::Enroll { token, id, addr } => {
                 return self.enroll_node(&token, id, &addr).await;
             }
+            ClientRequest::Access(request) => return self.access(request).await,
             ClientRequest::Write(_)
             | ClientRequest::Get { .. }
             | ClientRequest::Scan { .. }

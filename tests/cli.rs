@@ -976,3 +976,68 @@ fn insecure_is_explicit_and_a_dir_without_certificates_is_refused() {
         "the refused start made TLS material"
     );
 }
+
+/// `user` and `role` from the command line: a user's token is printed once and written with
+/// the CA into a credentials file of its own (0600); a command with it acts for that user, and
+/// a denied one exits 6 naming the user, the operation and the bucket (`--json`:
+/// `not_authorised`). `--token` overrides the file's credential and keeps its CA.
+#[test]
+fn users_and_roles_from_the_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let addr = node.addr.as_str();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = cli(addr, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    ok(&["bucket", "create", "users"]);
+    ok(&["bucket", "create", "config"]);
+    ok(&["role", "add", "reader", "--read", "users"]);
+    let (code, _, err) = cli(addr, &["role", "add", "empty"]);
+    assert_eq!(code, 2, "{err}");
+    let ada_creds = dir.path().join("ada.creds");
+    let out = ok(&[
+        "--json",
+        "user",
+        "add",
+        "ada",
+        "--role",
+        "reader",
+        "--creds-out",
+        ada_creds.to_str().unwrap(),
+    ]);
+    let added: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(added["user"], "ada");
+    let token = added["token"].as_str().unwrap().to_owned();
+    let mode = std::fs::metadata(&ada_creds).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(ok(&["user", "list"]).contains("ada"));
+    assert!(ok(&["role", "list"]).contains("read users"));
+    ok(&["put", "users", "ada", "v"]);
+
+    let as_ada = |args: &[&str]| cli_with(Some(ada_creds.clone()), addr, args);
+    let (code, out, err) = as_ada(&["get", "users", "ada"]);
+    assert_eq!((code, out.trim()), (0, "v"), "{err}");
+    let (code, _, err) = as_ada(&["put", "users", "ada", "w"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("not authorised") && err.contains("\"ada\"") && err.contains("\"users\""),
+        "{err}"
+    );
+    let (code, _, err) = as_ada(&["--json", "bucket", "create", "mine"]);
+    assert_eq!(code, 6, "{err}");
+    let e: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(e["error"]["kind"], "not_authorised");
+    // --token with the admin's file: the token names the user.
+    let (code, _, err) = cli(addr, &["--token", &token, "bucket", "drop", "config"]);
+    assert_eq!(code, 6, "{err}");
+    // A new token with --revoke-all: the old one stops working.
+    ok(&["user", "token", "ada", "--revoke-all"]);
+    let (code, _, err) = as_ada(&["get", "users", "ada"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("unknown, revoked"), "{err}");
+    ok(&["user", "remove", "ada"]);
+    assert!(!ok(&["user", "list"]).contains("ada"));
+}

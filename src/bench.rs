@@ -28,6 +28,10 @@ pub struct BenchArgs {
     pub value_bytes: usize,
     #[arg(long, default_value_t = 16)]
     pub key_bytes: usize,
+    /// Write as a user that holds only `write` on the bench bucket (made for the run, with a
+    /// token), not as the admin: what authorising each request costs.
+    #[arg(long)]
+    pub as_user: bool,
 }
 
 /// Runs against `endpoints`, or against a 3-node cluster on 127.0.0.1 in a temp dir when
@@ -88,6 +92,18 @@ pub fn run(
             Err(e) if e.rejection_kind() == Some(metakv::RejectionKind::BucketExists) => {}
             Err(e) => return Err(e.into()),
         }
+        let security = match (&security, args.as_user) {
+            (crate::cli::Security::Creds(creds), true) => {
+                let token = bench_user(&probe).await?;
+                crate::cli::Security::Creds(creds.clone().with_token(token))
+            }
+            (crate::cli::Security::Insecure, true) => return Err("--as-user needs TLS (not with --insecure)".into()),
+            (s, false) => match s {
+                crate::cli::Security::Creds(c) => crate::cli::Security::Creds(c.clone()),
+                crate::cli::Security::Insecure => crate::cli::Security::Insecure,
+            },
+        };
+        let client = |endpoints: Vec<String>| crate::cli::client(&security, endpoints, &cluster_id);
         let value = vec![b'v'; args.value_bytes];
         let per_client = args.ops.div_ceil(args.clients);
         let progress = std::sync::Arc::new(crate::progress::Progress::bar((per_client * args.clients) as u64, "writes"));
@@ -122,8 +138,9 @@ pub fn run(
         all.sort();
         let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
         outln!(
-            "metakv bench: tls={} clients={} ops={} value_bytes={} writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} leader_log_entries_per_fsync={:.1}",
+            "metakv bench: tls={} user={} clients={} ops={} value_bytes={} writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} leader_log_entries_per_fsync={:.1}",
             !insecure,
+            if args.as_user { "writer" } else { "admin" },
             args.clients,
             all.len(),
             args.value_bytes,
@@ -138,4 +155,30 @@ pub fn run(
         }
         Ok(())
     })
+}
+
+/// A role that writes the bench bucket, and a new user that holds it; its token.
+async fn bench_user(admin: &metakv::Client) -> Result<String, Box<dyn std::error::Error>> {
+    use metakv::{AccessReply, AccessRequest, Grants};
+    let role = AccessRequest::RoleAdd {
+        name: "bench-writer".into(),
+        grants: Grants {
+            read: vec![],
+            write: vec!["bench".into()],
+            admin: false,
+        },
+    };
+    match admin.access(role).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("exists already") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let user = AccessRequest::UserAdd {
+        name: format!("bench-{}", std::process::id()),
+        roles: vec!["bench-writer".into()],
+    };
+    match admin.access(user).await? {
+        AccessReply::Token { token, .. } => Ok(token),
+        other => Err(format!("user add answered {other:?}").into()),
+    }
 }

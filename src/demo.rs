@@ -97,6 +97,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
         }
     }
     outln!("  every node holds {live} live records and {dead} tombstones");
+    access_tour(dir, &nodes, via.addr()).await?;
 
     // Tombstone GC: collect on every node, purge the agreed ones through the log, compact.
     let job = via.gc_run(false, Some(0)).await?;
@@ -404,4 +405,65 @@ fn bytes(n: u64) -> String {
         n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{n} B"),
     }
+}
+
+/// A reader and a writer of `users`, as remote clients with their tokens: the reader reads,
+/// and its write is denied.
+async fn access_tour(
+    dir: &std::path::Path,
+    nodes: &[metakv::Node],
+    via: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use metakv::{AccessReply, AccessRequest, Client, ClientCreds, Grants, Kv};
+    let admin = &nodes[0];
+    let grants = |write: bool| Grants {
+        read: vec!["users".into()],
+        write: if write { vec!["users".into()] } else { vec![] },
+        admin: false,
+    };
+    for (role, write) in [("reader", false), ("writer", true)] {
+        admin
+            .access(AccessRequest::RoleAdd {
+                name: role.into(),
+                grants: grants(write),
+            })
+            .await?;
+    }
+    let mut tokens = Vec::new();
+    for (user, role) in [("rita", "reader"), ("walt", "writer")] {
+        let request = AccessRequest::UserAdd {
+            name: user.into(),
+            roles: vec![role.into()],
+        };
+        match admin.access(request).await? {
+            AccessReply::Token { token, .. } => tokens.push(token),
+            other => return Err(format!("user add answered {other:?}").into()),
+        }
+    }
+    let creds = ClientCreds::load(&dir.join("node1").join(metakv::tls::ADMIN_CREDS))?;
+    let as_user = |token: &str| {
+        Client::new(
+            vec![via.to_owned()],
+            "metakv",
+            &creds.clone().with_token(token.to_owned()),
+        )
+    };
+    let (rita, walt) = (as_user(&tokens[0])?, as_user(&tokens[1])?);
+    walt.put(
+        "users",
+        b"user/000000",
+        br#"{"name":"user 0","role":"admin"}"#,
+        Expect::Any,
+    )
+    .await?;
+    let read = rita.get("users", b"user/000000").await?.is_some();
+    let denied = match rita.put("users", b"user/000000", b"x", Expect::Any).await {
+        Err(e @ metakv::Error::Denied { .. }) => e.to_string(),
+        other => return Err(format!("a reader's write answered {other:?}").into()),
+    };
+    outln!(
+        "  users and roles: walt (role writer) wrote user/000000, rita (role reader) read it: \
+         {read}; rita's write was refused: {denied}"
+    );
+    Ok(())
 }

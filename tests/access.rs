@@ -144,6 +144,11 @@ async fn roles_grant_reads_writes_and_administration_per_bucket_on_every_node() 
         let e = denied(as_user(&bob, addr).get("users", b"bob").await.unwrap_err());
         assert!(e.contains("unknown, revoked"), "{e}");
     }
+    // A watch of ada's: it ends with the denial once ada is removed.
+    let ada_watcher = as_user(&ada, &addrs[2]);
+    let mut watch = ada_watcher.watch("users", b"", 0);
+    admin.put("users", b"w", b"1", Expect::Any).await.unwrap();
+    assert!(watch.next().await.is_ok());
     admin
         .access(AccessRequest::UserRemove { name: "ada".into() })
         .await
@@ -152,6 +157,17 @@ async fn roles_grant_reads_writes_and_administration_per_bucket_on_every_node() 
     for addr in &addrs {
         denied(as_user(&ada, addr).get("users", b"ada").await.unwrap_err());
     }
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            admin.put("users", b"w", b"2", Expect::Any).await.unwrap();
+            if let Err(e) = watch.next().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the watch of a removed user ended");
+    denied(ended);
     tracing::info!("--- a damaged token and a role that does not exist");
     let mut bad = bob2.clone().into_bytes();
     let last = bad.len() - 1;

@@ -64,6 +64,19 @@ struct Current {
 pub struct StateMachine {
     store: SharedStore,
     dir: PathBuf,
+    /// Counts applied batches and installed snapshots that changed `_sys` (see
+    /// [`StateMachine::sys_changes`]).
+    sys_changes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Whether `op` writes into `_sys`.
+fn writes_sys(op: &metakv_store::Op) -> bool {
+    use metakv_store::{Op, SYS_BUCKET};
+    match op {
+        Op::Put { bucket, .. } | Op::Delete { bucket, .. } => bucket == SYS_BUCKET,
+        Op::Purge { items } => items.iter().any(|i| i.bucket == SYS_BUCKET),
+        _ => false,
+    }
 }
 
 fn other(doing: &str, e: impl std::fmt::Display) -> io::Error {
@@ -80,7 +93,18 @@ impl StateMachine {
     /// A state machine over `store`, keeping snapshots in `dir` (created if missing).
     pub fn new(store: SharedStore, dir: PathBuf) -> io::Result<StateMachine> {
         metakv_store::private::create_dir_all(&dir)?;
-        Ok(StateMachine { store, dir })
+        Ok(StateMachine {
+            store,
+            dir,
+            sys_changes: Arc::default(),
+        })
+    }
+
+    /// A counter that grows after every applied batch, and every installed snapshot, that
+    /// changed `_sys`, once the change is committed: a cache of `_sys` records read when the
+    /// counter had a value is current while it still has it. Not state: it starts at 0.
+    pub fn sys_changes(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.sys_changes)
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -244,6 +268,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         };
         let (entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let sys = entries
+            .iter()
+            .any(|e| matches!(&e.payload, EntryPayload::Normal(cmd) if writes_sys(&cmd.op)));
         let store = Arc::clone(&self.store);
         let responses = blocking(move || {
             let store = read_store(&store);
@@ -283,6 +310,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| other("applying entries", e))
         })
         .await?;
+        if sys {
+            self.sys_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
         for (response, responder) in responses.into_iter().zip(responders) {
             if let Some(responder) = responder {
                 responder.send(response);
@@ -337,7 +368,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::info!(snapshot = %name, records = imported.records, "snapshot installed");
             Ok(())
         })
-        .await
+        .await?;
+        self.sys_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     async fn get_current_snapshot(

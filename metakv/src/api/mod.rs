@@ -399,7 +399,11 @@ impl ClientRequest {
     /// The request's name, for messages.
     pub fn name(&self) -> &'static str {
         match self {
-            ClientRequest::Write(_) => "a write",
+            ClientRequest::Write(Op::Put { .. }) => "put",
+            ClientRequest::Write(Op::Delete { .. }) => "delete",
+            ClientRequest::Write(Op::CreateBucket { .. }) => "bucket create",
+            ClientRequest::Write(Op::DropBucket { .. }) => "bucket drop",
+            ClientRequest::Write(_) => "an internal write",
             ClientRequest::Get { .. } => "get",
             ClientRequest::Scan { .. } => "scan",
             ClientRequest::Changes { .. } => "changes",

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     tls: Option<NodeTls>,
     /// Denied requests logged per second at most.
     denials: metakv_raft::server::RefusalLog,
+    /// Recent callers' users and grants (see `access`).
+    access: access::AccessCache,
     /// The membership turn: one change at a time on this node (see `membership`).
     membership: tokio::sync::Mutex<()>,
     addr: String,
@@ -401,6 +403,7 @@ impl Node {
         // Before the files open: a node refused here (a used token) holds nothing open.
         let (material, transport) = enroll::prepare(&config, fresh, &addr).await?.unzip();
         let (store, log, sm) = open_files(&config).await?;
+        let sys_changes = sm.sys_changes();
         let raft_config = raft_config(&config)?;
         let network = Network {
             cluster_id: config.cluster_id.clone(),
@@ -440,6 +443,7 @@ impl Node {
             incarnation: identity.incarnation,
             tls: material,
             denials: Default::default(),
+            access: access::AccessCache::new(sys_changes),
             membership: tokio::sync::Mutex::new(()),
             addr: addr.clone(),
             listen_addr,

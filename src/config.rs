@@ -15,6 +15,7 @@
 //! cache_bytes = 33554432
 //! request_timeout = "10s"
 //! connections_max = 512
+//! buckets_max = 10000
 //! idle_timeout = "5m"
 //!
 //! [raft]
@@ -83,6 +84,7 @@ pub struct Limits {
     pub request_timeout: Option<String>,
     pub connections_max: Option<usize>,
     pub idle_timeout: Option<String>,
+    pub buckets_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +175,9 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<NodeConfig, String> {
     }
     if let Some(v) = l.connections_max {
         c.connections_max = v;
+    }
+    if let Some(v) = l.buckets_max {
+        c.buckets_max = v;
     }
     if let Some(v) = ms("limits.idle_timeout", &l.idle_timeout)? {
         c.idle_timeout = Duration::from_millis(v);

@@ -74,6 +74,8 @@ pub struct NodeConfig {
     /// Open connections at most (peers and clients); at the limit a new connection closes one
     /// idle for a second or more, or is refused. Keep it under the process's open-file limit.
     pub connections_max: usize,
+    /// Buckets at most: a create beyond it is refused (checked before it is proposed).
+    pub buckets_max: usize,
     /// A connection that sends no request for this long is closed.
     pub idle_timeout: Duration,
     /// Tombstone GC: triggers, minimum age, leases, batch sizes.
@@ -102,6 +104,7 @@ impl NodeConfig {
             logs_kept_after_snapshot: 5_000,
             request_timeout: Duration::from_secs(10),
             connections_max: 512,
+            buckets_max: 10_000,
             idle_timeout: Duration::from_secs(300),
             gc: GcConfig::default(),
             hibernation: HibernationConfig::default(),
@@ -155,6 +158,7 @@ impl NodeConfig {
             1,
         )?;
         at_least("limits.connections_max", self.connections_max as u64, 8)?;
+        at_least("limits.buckets_max", self.buckets_max as u64, 1)?;
         at_least(
             "limits.idle_timeout (ms)",
             self.idle_timeout.as_millis() as u64,

@@ -107,6 +107,12 @@ impl Node {
         Ok(match request {
             ClientRequest::Write(op) => match op.validate(self.inner.core.config.value_bytes_max) {
                 Err(e) => Err(Error::from_store(e)),
+                Ok(()) if matches!(op, Op::CreateBucket { .. }) && self.buckets_full().await? => {
+                    Err(Error::invalid(format!(
+                        "this cluster holds {} buckets, its most (limits.buckets_max)",
+                        self.inner.core.config.buckets_max
+                    )))
+                }
                 Ok(()) => match self.inner.core.propose(op.clone()).await? {
                     // Proposed, then Raft stopped: the entry may have been committed.
                     Err(Error::Unavailable(why)) => Err(request.failed_after_sending(why)),
@@ -436,6 +442,19 @@ impl Node {
     /// For a linearizable read: waits until this node, as leader, has applied everything
     /// committed before the read began (read index); redirects when another node leads.
     /// `Ok` if this node leads; otherwise a redirect to the leader it knows of.
+    /// Whether this node's copy holds `limits.buckets_max` buckets (`_sys` not counted).
+    async fn buckets_full(&self) -> std::result::Result<bool, Redirect> {
+        let max = self.inner.core.config.buckets_max;
+        let count = self
+            .inner
+            .core
+            .local(|s| s.read()?.buckets())
+            .await
+            .map(|b| b.iter().filter(|(name, _)| name != SYS_BUCKET).count());
+        // A failed read refuses nothing here; the create itself will say what is wrong.
+        Ok(count.is_ok_and(|n| n >= max))
+    }
+
     pub(super) fn lead_here(&self) -> std::result::Result<(), Redirect> {
         self.inner
             .core

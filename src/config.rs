@@ -39,6 +39,7 @@
 //!
 //! [hibernation]
 //! janitor_interval = "1m"
+//! archive_roots = ["/srv/metakv-archive", "s3://bucket/prefix"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -74,6 +75,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct HibernationSection {
     pub janitor_interval: Option<String>,
+    pub archive_roots: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +123,7 @@ pub struct Flags {
     pub advertise: Option<String>,
     pub join: Option<String>,
     pub token: Option<String>,
+    pub archive_roots: Vec<String>,
     pub insecure: bool,
     pub cluster_id: Option<String>,
     pub gc_interval: Option<u64>,
@@ -155,6 +158,16 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<NodeConfig, String> {
     c.advertise = flags.advertise.or(file.advertise);
     c.join = flags.join.or(file.join);
     c.join_token = flags.token;
+    c.hibernation.archive_roots = file.hibernation.archive_roots.clone().unwrap_or_default();
+    c.hibernation.archive_roots.extend(flags.archive_roots);
+    for root in &c.hibernation.archive_roots {
+        if !root.starts_with("s3://") && !std::path::Path::new(root).is_absolute() {
+            return Err(format!(
+                "config: hibernation.archive_roots: {root:?} is not an absolute directory or \
+                 s3://bucket/prefix"
+            ));
+        }
+    }
     if flags.insecure || file.insecure == Some(true) {
         c.security = metakv::Security::Insecure;
     }

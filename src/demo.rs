@@ -33,6 +33,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
     let config = |id: u64, join: Option<String>| {
         let mut c = NodeConfig::new(id, dir.join(format!("node{id}")), "127.0.0.1:0");
         c.join = join;
+        c.hibernation.archive_roots = vec![dir.display().to_string()];
         (
             c.heartbeat_ms,
             c.election_timeout_min_ms,

@@ -90,6 +90,10 @@ enum Command {
             requires = "join"
         )]
         token: Option<String>,
+        /// A directory (absolute) or s3://bucket/prefix that `bucket pause` may write to
+        /// (repeat for more; adds to the config file's `[hibernation] archive_roots`).
+        #[arg(long = "archive-root", value_name = "DIR")]
+        archive_roots: Vec<String>,
         /// Time between tombstone GC jobs while this node leads (0: only on demand) [default: 1h].
         #[arg(long, value_parser = cli::parse_duration_ms)]
         gc_interval: Option<u64>,
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
             advertise,
             join,
             token,
+            archive_roots,
             gc_interval,
             gc_threshold,
             gc_min_age,
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
                 advertise,
                 join,
                 token,
+                archive_roots,
                 insecure: cli.insecure,
                 cluster_id: cli.cluster_id,
                 gc_interval,

@@ -35,7 +35,10 @@ fn files_in(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_pulled_through_a_follower_restores_into_a_new_cluster() {
-    let cluster = Cluster::start(3).await;
+    // The backup and the archive outlive the first cluster's directory.
+    let keep = tempfile::tempdir().unwrap();
+    let root = keep.path().display().to_string();
+    let cluster = Cluster::start_with(3, |c| c.hibernation.archive_roots.push(root.clone())).await;
     let leader = cluster.leader().await;
     let follower = cluster.node(if leader == 1 { 2 } else { 1 });
     let kept = load(follower, "users", 2000, 4).await;
@@ -50,8 +53,6 @@ async fn a_backup_pulled_through_a_follower_restores_into_a_new_cluster() {
     // A paused bucket: the backup holds its state and record, not its data, and the restored
     // cluster resumes it from the same archive.
     load(follower, "cold", 300, 1).await;
-    // The backup and the archive outlive the first cluster's directory.
-    let keep = tempfile::tempdir().unwrap();
     let archive = keep.path().join("archive");
     follower
         .pause_bucket("cold", archive.to_str().unwrap())

@@ -503,6 +503,31 @@ fn bucket_pause_resume_and_status() {
     assert_eq!(cli(addr, &["del", "users", "u0"]).0, 0);
     let (_, before, _) = cli(addr, &["--json", "get", "users", "u7"]);
 
+    // The archive location is the server's choice: under its archive roots (here the test
+    // dir), absolute, with no `..`; a refused pause writes nothing and leaves the bucket.
+    let escape = format!(
+        "{}/../metakv-escape-{}",
+        dir.path().display(),
+        std::process::id()
+    );
+    for (location, says) in [
+        ("relative/archive", "relative"),
+        (escape.as_str(), ". or .."),
+        ("/var/tmp/metakv-not-a-root", "under none"),
+        ("file://elsewhere/srv", "only a local"),
+    ] {
+        let (code, _, err) = cli(addr, &["bucket", "pause", "users", "--archive", location]);
+        assert_eq!(code, 1, "{location}: {err}");
+        assert!(err.contains(says), "{location}: {err}");
+    }
+    assert!(!std::path::Path::new("relative").exists());
+    assert!(!std::path::Path::new("/var/tmp/metakv-not-a-root").exists());
+    assert!(
+        !dir.path()
+            .join(format!("../metakv-escape-{}", std::process::id()))
+            .exists()
+    );
+    assert_eq!(bucket_counts(addr, "users").0.0, "active");
     let archive = dir.path().join("archive");
     let (code, out, err) = cli(
         addr,
@@ -691,6 +716,8 @@ fn files_are_owner_only_under_umask_000() {
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
+        .arg("--archive-root")
+        .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -29,6 +29,7 @@ pub async fn cluster(dir: &std::path::Path, tune: impl Fn(&mut NodeConfig)) -> (
     let config = |id: u64, join: Option<String>| {
         let mut c = NodeConfig::new(id, dir.join(format!("node{id}")), "127.0.0.1:0");
         c.join = join;
+        c.hibernation.archive_roots = vec![dir.display().to_string()];
         tune(&mut c);
         c
     };

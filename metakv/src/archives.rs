@@ -52,14 +52,100 @@ pub enum ArchiveError {
     },
 }
 
-/// The local directory a `file://` or plain-path location names; `None` for other schemes.
+/// The local directory a `file://` or plain-path location names; `None` for other schemes and
+/// for a `file://` URI of another host. `file://localhost/dir` and `file:///dir` are `/dir`.
 pub(crate) fn local_dir(uri: &str) -> Option<std::path::PathBuf> {
-    if uri.contains("://") && !uri.starts_with("file://") {
-        return None;
+    let Some(rest) = uri.strip_prefix("file://") else {
+        return (!uri.contains("://")).then(|| std::path::PathBuf::from(uri));
+    };
+    let path = rest.strip_prefix("localhost").unwrap_or(rest);
+    path.starts_with('/')
+        .then(|| std::path::PathBuf::from(path))
+}
+
+/// Checks that a pause or resume may use archive location `uri`: it must lie under one of
+/// `roots` (absolute local directories, or `s3://bucket/prefix`), which the node's operator
+/// names. A local location must be absolute, hold no `.` or `..` component, and stay under
+/// its root once symlinks are resolved (the deepest part of it that exists is resolved). The
+/// error says what is wrong; nothing has been written.
+pub fn check_location(uri: &str, roots: &[String]) -> std::result::Result<(), String> {
+    if roots.is_empty() {
+        return Err(
+            "this node names no archive roots: set `[hibernation] archive_roots` (or \
+                    `serve --archive-root DIR`) to the directories or s3:// prefixes that pauses \
+                    may write"
+                .into(),
+        );
     }
-    Some(std::path::PathBuf::from(
-        uri.strip_prefix("file://").unwrap_or(uri),
-    ))
+    let outside = || {
+        format!(
+            "archive location {uri:?} is under none of this node's archive roots ({})",
+            roots.join(", ")
+        )
+    };
+    if let Some(rest) = uri.strip_prefix("s3://") {
+        if rest.split('/').any(|c| c == ".." || c == ".") {
+            return Err(format!(
+                "archive location {uri:?} holds a . or .. component"
+            ));
+        }
+        let under = roots
+            .iter()
+            .filter_map(|r| r.strip_prefix("s3://"))
+            .any(|r| {
+                let r = r.trim_end_matches('/');
+                rest == r || rest.starts_with(&format!("{r}/"))
+            });
+        return if under { Ok(()) } else { Err(outside()) };
+    }
+    let Some(path) = local_dir(uri) else {
+        return Err(format!(
+            "archive location {uri:?}: only a local absolute path (file:///dir, \
+             file://localhost/dir or /dir) or s3://bucket/prefix"
+        ));
+    };
+    if !path.is_absolute() {
+        return Err(format!(
+            "archive location {uri:?} is a relative path: name an absolute one under an archive root"
+        ));
+    }
+    use std::path::Component;
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "archive location {uri:?} holds a . or .. component"
+        ));
+    }
+    let resolved = resolve(&path).map_err(|e| format!("archive location {uri:?}: {e}"))?;
+    for root in roots.iter().filter(|r| !r.starts_with("s3://")) {
+        let Ok(root) = std::fs::canonicalize(root) else {
+            continue;
+        };
+        if resolved.starts_with(&root) {
+            return Ok(());
+        }
+    }
+    Err(outside())
+}
+
+/// `path` with its deepest existing ancestor's symlinks resolved, and the rest appended.
+fn resolve(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name().unwrap_or_default().to_owned());
+        existing = match existing.parent() {
+            Some(p) => p,
+            None => break,
+        };
+    }
+    let mut out = std::fs::canonicalize(existing)?;
+    for part in rest.iter().rev() {
+        out.push(part);
+    }
+    Ok(out)
 }
 
 /// Archive locations as URIs: `file:///dir`, a plain path, or (feature `s3`) `s3://bucket/p`.
@@ -160,4 +246,50 @@ fn open_s3(rest: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath)
 #[cfg(not(feature = "s3"))]
 fn open_s3(_: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), ArchiveError> {
     Err(ArchiveError::S3NotBuilt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_locations_must_lie_under_a_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("ok")).unwrap();
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("link")).unwrap();
+        let roots = vec![root.display().to_string(), "s3://bkt/metakv".to_owned()];
+        let r = root.display();
+        for good in [
+            format!("{r}/ok"),
+            format!("{r}/new/deeper"),
+            format!("file://{r}/ok"),
+            format!("file://localhost{r}/ok"),
+            "s3://bkt/metakv/x".to_owned(),
+            "s3://bkt/metakv".to_owned(),
+        ] {
+            assert_eq!(check_location(&good, &roots), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            (format!("{r}/../elsewhere"), ". or .."),
+            (format!("{r}/link/x"), "under none"),
+            ("relative/dir".to_owned(), "relative"),
+            (format!("file://other{r}"), "only a local"),
+            (
+                dir.path().join("elsewhere").display().to_string(),
+                "under none",
+            ),
+            ("s3://bkt/metakv2".to_owned(), "under none"),
+            ("s3://bkt/metakv/../x".to_owned(), ". or .."),
+            ("ftp://x/y".to_owned(), "only a local"),
+        ] {
+            let e = check_location(&bad, &roots).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let none = check_location(&format!("{r}/ok"), &[]).unwrap_err();
+        assert!(none.contains("no archive roots"), "{none}");
+        assert_eq!(local_dir("file://localhost/srv/a"), Some("/srv/a".into()));
+        assert_eq!(local_dir("file://host/srv/a"), None);
+    }
 }

@@ -205,6 +205,10 @@ pub struct HibernationConfig {
     pub janitor_interval_ms: u64,
     /// Where archive locations lead.
     pub archives: Arc<dyn Archives>,
+    /// The directories (absolute) and `s3://bucket/prefix`es that a pause may write and a
+    /// resume read; a location under none of them is refused before anything changes. Empty
+    /// (the default): every pause is refused until the operator names some.
+    pub archive_roots: Vec<String>,
 }
 
 impl Default for HibernationConfig {
@@ -212,6 +216,7 @@ impl Default for HibernationConfig {
         HibernationConfig {
             janitor_interval_ms: 60_000,
             archives: Arc::new(UriArchives),
+            archive_roots: Vec::new(),
         }
     }
 }

@@ -172,6 +172,8 @@ impl Nodes {
             s.advertise.clone(),
             "--data-dir".to_owned(),
             self.data_dir(slot).display().to_string(),
+            "--archive-root".to_owned(),
+            self.dir.display().to_string(),
         ];
         if let Some(seed) = seed {
             args.extend(["--join".to_owned(), seed]);

@@ -43,6 +43,8 @@ pub fn config(dir: &std::path::Path, id: u64, join: Option<String>) -> NodeConfi
     c.gc.page_size = 200;
     c.gc.purge_batch = 100;
     c.gc.call_timeout_ms = 5_000;
+    // Pauses may write anywhere under the test's directory.
+    c.hibernation.archive_roots = vec![dir.display().to_string()];
     c
 }
 
@@ -242,6 +244,8 @@ pub fn node_args(dir: &Path, id: u64, listen: &str, join: Option<&str>) -> Vec<S
         listen.to_owned(),
         "--data-dir".to_owned(),
         dir.join(format!("node{id}")).display().to_string(),
+        "--archive-root".to_owned(),
+        dir.display().to_string(),
     ];
     if let Some(seed) = join {
         args.extend(["--join".to_owned(), seed.to_owned()]);

@@ -37,6 +37,9 @@ impl Hibernation {
     /// Starts pausing `bucket` to the archive location `archive`, on the leader: the bucket
     /// is `Pausing` (writes answer `BucketPaused`) when this returns the operation's id.
     pub(crate) async fn start_pause(&self, bucket: &str, archive: &str) -> Result<OpId> {
+        // The location is the server's choice: under one of its archive roots.
+        crate::archives::check_location(archive, &self.state.config.archive_roots)
+            .map_err(Error::invalid)?;
         let (reg, record) = self
             .begin_op(bucket, OpKind::Pause, BucketState::Active)
             .await?;
@@ -216,6 +219,10 @@ impl Hibernation {
     /// changes state is: the manifest is read, checked against the bucket's record, and the
     /// archive's size against it, and the data directory must have room.
     pub(crate) async fn start_resume(&self, bucket: &str, archive: Option<&str>) -> Result<OpId> {
+        if let Some(archive) = archive {
+            crate::archives::check_location(archive, &self.state.config.archive_roots)
+                .map_err(Error::invalid)?;
+        }
         let (reg, record) = self
             .begin_op(bucket, OpKind::Resume, BucketState::Paused)
             .await?;

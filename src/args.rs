@@ -260,10 +260,13 @@ pub enum ClientCmd {
     /// Prints changes as they happen (one line each), from revision --from-rev on.
     Watch {
         bucket: String,
+        /// Only keys that start with this.
         #[arg(long, default_value = "")]
         prefix: String,
-        #[arg(long, default_value_t = 0)]
-        from_rev: u64,
+        /// Changes from revision N on (history: once GC has purged past N, the watch exits 1
+        /// with "compacted"); default: changes from now.
+        #[arg(long, value_name = "N")]
+        from_rev: Option<u64>,
     },
 }
 

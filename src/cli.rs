@@ -387,8 +387,13 @@ async fn watch(
     json: bool,
     bucket: &str,
     prefix: &str,
-    from_rev: u64,
+    from_rev: Option<u64>,
 ) -> Result<(), Fail> {
+    // From now: after everything the node answering has applied (revisions are log indexes).
+    let from_rev = match from_rev {
+        Some(n) => n,
+        None => client.status().await?.applied + 1,
+    };
     let mut watch = client.watch(bucket, prefix.as_bytes(), from_rev);
     loop {
         match watch.next().await? {
@@ -416,7 +421,9 @@ async fn watch(
                 return Err(Fail(
                     1,
                     format!(
-                        "watch: changes up to revision {floor} were compacted; list the bucket and watch from there"
+                        "watch: changes up to revision {floor} were compacted (tombstone GC): \
+                         list the bucket (`metakv ls`), then watch from now or from a later \
+                         revision"
                     ),
                 ));
             }

@@ -266,12 +266,7 @@ async fn command(
             if json {
                 outln!("{}", record_json(Some(&bucket), key.as_bytes(), &record));
             } else {
-                use std::io::Write;
-                let mut out = std::io::stdout();
-                out.write_all(&record.value)?;
-                if std::io::IsTerminal::is_terminal(&out) {
-                    writeln!(out)?;
-                }
+                outln!("{}", shown(&record.value));
             }
         }
         ClientCmd::Del {
@@ -310,6 +305,27 @@ async fn command(
     Ok(())
 }
 
+/// A value as a person reads it: its text when it is UTF-8 without control characters (tabs
+/// and newlines allowed), else
+/// escaped (`\x00`, `\n`), never raw bytes to a terminal. `--json` gives the exact bytes.
+fn shown(value: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(text)
+            if !text
+                .chars()
+                .any(|c| c.is_control() && c != '\t' && c != '\n') =>
+        {
+            text.into()
+        }
+        _ => value
+            .iter()
+            .flat_map(|b| std::ascii::escape_default(*b))
+            .map(char::from)
+            .collect::<String>()
+            .into(),
+    }
+}
+
 /// `ls`: a bucket's records in key order, a page at a time.
 async fn list(
     client: &Client,
@@ -346,7 +362,7 @@ async fn list(
                     "{}\trev {}{flag}\t{}",
                     String::from_utf8_lossy(key),
                     r.rev,
-                    String::from_utf8_lossy(&r.value)
+                    shown(&r.value)
                 );
             }
         }
@@ -413,7 +429,7 @@ async fn watch(
                         "{} {kind} {} {}",
                         record.rev,
                         String::from_utf8_lossy(&key),
-                        String::from_utf8_lossy(&record.value)
+                        shown(&record.value)
                     );
                 }
             }
@@ -460,9 +476,21 @@ async fn gc_command(client: &Client, json: bool, cmd: GcCmd) -> Result<(), Fail>
                     break r.clone();
                 }
                 if let Some(p) = status.running.filter(|p| p.job == job) {
+                    let collected: Vec<String> = p
+                        .collected
+                        .iter()
+                        .map(|(node, n)| format!("node {node}: {n}"))
+                        .collect();
+                    let compacted = match p.compacted.is_empty() {
+                        true => "none yet".to_owned(),
+                        false => crate::output::id_list(&p.compacted),
+                    };
                     progress.note(format!(
-                        "GC job {job} {}: collected {:?}, agreed {}, purged {}, compacted nodes {:?}",
-                        p.phase, p.collected, p.agreed, p.purged, p.compacted
+                        "GC job {job} {}: collected {}, agreed {}, purged {}, compacted nodes {compacted}",
+                        p.phase,
+                        if collected.is_empty() { "nothing yet".to_owned() } else { collected.join(", ") },
+                        p.agreed,
+                        p.purged,
                     ));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;

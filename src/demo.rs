@@ -143,11 +143,11 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
     let manifest = record.manifest.ok_or("no manifest")?;
     let refused = via.get("users", b"user/000000").await.is_err();
     outln!(
-        "  paused bucket users (op {}): {} records in {} chunks ({}) archived to {}/{}, read \
+        "  paused bucket users (op {}): {} records in {} ({}) archived to {}/{}, read \
          back and verified, then dropped on every node; reads now answer \"bucket paused\": {refused}",
         record.op,
         manifest.records,
-        manifest.chunks.len(),
+        crate::output::count(manifest.chunks.len(), "chunk"),
         bytes(manifest.bytes),
         archive.display(),
         record.objects
@@ -247,7 +247,8 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
     };
     match store.apply(&cas, clock.tick())? {
         Applied::Conflict { current } => {
-            outln!("  compare-and-set at a stale revision refused: current rev {current:?}")
+            let current = current.map_or("none".to_owned(), |r| r.to_string());
+            outln!("  compare-and-set at a stale revision refused: current rev {current}")
         }
         other => return Err(format!("a stale compare-and-set was applied: {other:?}").into()),
     }
@@ -325,9 +326,9 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
         .into());
     }
     outln!(
-        "  archive: exported {} records in {} chunks ({}), read back and verified",
+        "  archive: exported {} records in {} ({}), read back and verified",
         summary.records,
-        summary.chunks.len(),
+        crate::output::count(summary.chunks.len(), "chunk"),
         bytes(summary.bytes)
     );
 

@@ -220,10 +220,9 @@ fn main() -> ExitCode {
 /// Runs a node until SIGTERM or Ctrl-C, then stops it cleanly.
 fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("METAKV_LOG")
-                .unwrap_or_else(|_| "warn,metakv=info".into()),
-        )
+        .with_env_filter(log_filter()?)
+        // Colours only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -253,6 +252,18 @@ fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// The log filter: `METAKV_LOG` (tracing's `EnvFilter` syntax), else `warn,metakv=info`. A
+/// `METAKV_LOG` that does not parse is an error, not silently the default.
+fn log_filter() -> Result<tracing_subscriber::EnvFilter, Box<dyn std::error::Error>> {
+    match std::env::var("METAKV_LOG") {
+        Err(_) => Ok("warn,metakv=info".into()),
+        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec).map_err(|e| {
+            format!("METAKV_LOG={spec:?} is not a log filter ({e}); for example warn,metakv=debug")
+                .into()
+        }),
+    }
 }
 
 /// Writes one line of the command's output (see `outln!`). A reader that went away ends the

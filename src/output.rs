@@ -219,3 +219,19 @@ pub(crate) fn duration_ms(ms: u64) -> String {
     }
     format!("{ms}ms")
 }
+
+/// Node ids as a person lists them: `1, 2, 3`.
+pub(crate) fn id_list(ids: &[u64]) -> String {
+    ids.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `n` and a noun, singular for one: `1 chunk`, `3 chunks`.
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}

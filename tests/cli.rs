@@ -28,7 +28,7 @@ fn demo_runs_and_cleans_up() {
         "purged 1800 (guard kept 0); 0 tombstones left",
         "paused bucket users (op",
         "resumed it: every node holds its 200 records again, revisions unchanged",
-        "archive: exported 200 records in 1 chunks",
+        "archive: exported 200 records in 1 chunk (",
         "check: 200 records, 0 problems",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
@@ -116,8 +116,8 @@ fn client_commands_against_a_real_node() {
     );
     assert_eq!(
         cli(addr, &["get", "users", "ada"]).1,
-        "admin",
-        "plain get prints the value as it is"
+        "admin\n",
+        "plain get prints the value and ends its line"
     );
 
     // Expectations: exit code 4, one line on stderr.
@@ -1121,4 +1121,28 @@ fn watch_starts_from_now_and_history_says_when_it_was_purged() {
     let line = seen.expect("the watch reported no change");
     assert!(line.contains(" put new") && !line.contains("old"), "{line}");
     drop(watcher);
+}
+
+/// Human output is for people: `get` ends its line, and a value that is not text (or would
+/// steer a terminal) is shown escaped, never as raw bytes; `--json` keeps the exact bytes.
+#[test]
+fn values_that_are_not_text_are_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let addr = node.addr.as_str();
+    assert_eq!(cli(addr, &["bucket", "create", "b"]).0, 0);
+    let raw = dir.path().join("raw");
+    std::fs::write(&raw, b"\x1b[31mred\x00\xff").unwrap();
+    let (code, _, err) = cli(addr, &["put", "b", "bin", "--file", raw.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(cli(addr, &["put", "b", "text", "hello"]).0, 0);
+    let (_, out, _) = cli(addr, &["get", "b", "text"]);
+    assert_eq!(out, "hello\n");
+    let (_, out, _) = cli(addr, &["get", "b", "bin"]);
+    assert_eq!(out, "\\x1b[31mred\\x00\\xff\n");
+    let (_, out, _) = cli(addr, &["ls", "b"]);
+    assert!(out.contains("\\x1b[31mred") && !out.contains('\u{1b}'), "{out}");
+    let (_, out, _) = cli(addr, &["--json", "get", "b", "bin"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v.get("value_base64").is_some() || v.get("value").is_some(), "{out}");
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Concurrent boots: tests/chaos/boots.sh [ROUNDS] [NODES] [BINARY]
 #
-# ROUNDS times (default 200), NODES release-binary nodes (default 3) start at the same
-# instant on 127.0.0.1: node 1 initializes, and the others join with --join, in odd rounds all
+# ROUNDS times (default 200), NODES release-binary nodes (default 3) on 127.0.0.1: node 1
+# initializes and makes the cluster CA; once it answers, a join token is made for each other
+# node, and those all start at the same instant with --join and --token, in odd rounds all
 # through node 1, in even rounds each through the node before it. A round has formed when
 # `cluster status` shows every node as a leader or follower (a live voter) within 10 s of the
-# start. Prints one line per round that did not form (with its logs kept under $KEEP_DIR) and a
+# joiners' start. Prints one line per round that did not form (with its logs kept under $KEEP_DIR) and a
 # summary: rounds formed, and the median and slowest time to form.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,15 +23,24 @@ for round in $(seq 1 "$ROUNDS"); do
   dir=$(mktemp -d)
   ports=() pids=()
   for i in $(seq 1 "$NODES"); do ports+=("$(free_port)"); done
+  "$BIN" serve --id 1 --data-dir "$dir/node1" --listen "127.0.0.1:${ports[0]}" \
+    >"$dir/node1.out" 2>"$dir/node1.log" &
+  pids+=($!)
+  export METAKV_CREDS="$dir/node1/admin.creds"
+  tokens=()
+  for i in $(seq 2 "$NODES"); do
+    for _ in $(seq 1 100); do
+      token=$("$BIN" --endpoint "127.0.0.1:${ports[0]}" cluster join-token 2>/dev/null) && break
+      sleep 0.05
+    done
+    tokens+=("$token")
+  done
   start=$(date +%s%N)
-  for i in $(seq 1 "$NODES"); do
-    join=()
-    if [ "$i" -gt 1 ]; then
-      if [ $((round % 2)) -eq 1 ]; then seed=${ports[0]}; else seed=${ports[$((i - 2))]}; fi
-      join=(--join "127.0.0.1:$seed")
-    fi
+  for i in $(seq 2 "$NODES"); do
+    if [ $((round % 2)) -eq 1 ]; then seed=${ports[0]}; else seed=${ports[$((i - 2))]}; fi
     "$BIN" serve --id "$i" --data-dir "$dir/node$i" --listen "127.0.0.1:${ports[$((i - 1))]}" \
-      "${join[@]}" >"$dir/node$i.out" 2>"$dir/node$i.log" &
+      --join "127.0.0.1:$seed" --token "${tokens[$((i - 2))]}" \
+      >"$dir/node$i.out" 2>"$dir/node$i.log" &
     pids+=($!)
   done
   ok=0

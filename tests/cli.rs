@@ -53,6 +53,13 @@ fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {
     cli_with(common::creds_for(addr), addr, args)
 }
 
+/// Runs the CLI against `addr`, which must succeed; returns its output.
+fn cli_ok(addr: &str, args: &[&str]) -> String {
+    let (code, out, err) = cli(addr, args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    out
+}
+
 /// Runs the CLI against `addr` with the credentials file `creds`.
 fn cli_with(creds: Option<std::path::PathBuf>, addr: &str, args: &[&str]) -> (i32, String, String) {
     let mut cmd = metakv();
@@ -1014,11 +1021,7 @@ fn users_and_roles_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
     let addr = node.addr.as_str();
-    let ok = |args: &[&str]| {
-        let (code, out, err) = cli(addr, args);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        out
-    };
+    let ok = |args: &[&str]| cli_ok(addr, args);
     ok(&["bucket", "create", "users"]);
     ok(&["bucket", "create", "config"]);
     ok(&["role", "add", "reader", "--read", "users"]);
@@ -1077,11 +1080,7 @@ fn watch_starts_from_now_and_history_says_when_it_was_purged() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
     let addr = node.addr.as_str();
-    let ok = |args: &[&str]| {
-        let (code, out, err) = cli(addr, args);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        out
-    };
+    let ok = |args: &[&str]| cli_ok(addr, args);
     ok(&["bucket", "create", "users"]);
     ok(&["put", "users", "old", "1"]);
     ok(&["del", "users", "old"]);

@@ -48,6 +48,7 @@ pub fn run(
         .build()?;
     runtime.block_on(async move {
         let dir = tempfile::Builder::new().prefix("metakv-bench-").tempdir()?;
+        crate::remove_on_early_exit(dir.path());
         let mut nodes = Vec::new();
         let (endpoints, security) = match endpoints {
             Some(e) => (e, crate::cli::security(insecure, creds.as_deref(), None)?),

@@ -11,6 +11,7 @@ use metakv_store::{
 pub fn run(users: u32) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("metakv-demo-").tempdir()?;
+    crate::remove_on_early_exit(dir.path());
     outln!("metakv demo in {}", dir.path().display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

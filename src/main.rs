@@ -273,9 +273,27 @@ fn write_out(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // exit runs no destructors: a temporary directory goes here, or it would stay.
+            if let Some(dir) = scratch().lock().ok().and_then(|mut d| d.take()) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             std::process::exit(0);
         }
         eprintln!("metakv: writing to standard output: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The temporary directory of a running `demo` or `bench`, removed if the process has to end
+/// early (its reader went away).
+fn scratch() -> &'static std::sync::Mutex<Option<PathBuf>> {
+    static SCRATCH: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    &SCRATCH
+}
+
+/// Names the command's temporary directory (see [`scratch`]).
+pub(crate) fn remove_on_early_exit(dir: &std::path::Path) {
+    if let Ok(mut d) = scratch().lock() {
+        *d = Some(dir.to_owned());
     }
 }

@@ -1149,3 +1149,32 @@ fn values_that_are_not_text_are_shown_escaped() {
     // The exact bytes, as base64 (they are not UTF-8): "\x1b[31mred\x00\xff".
     assert_eq!(v["value_base64"], "G1szMW1yZWQA/w==", "{out}");
 }
+
+/// `metakv demo | head -1` ended the demo at its second line, and its temporary directory
+/// stayed behind (the exit on a closed standard output runs no destructors). It is removed.
+#[test]
+fn a_demo_whose_reader_goes_away_leaves_no_directory() {
+    use std::io::BufRead;
+    let mut demo = metakv()
+        .args(["demo", "--users", "200"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(demo.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone: the pipe closed when the BufReader was dropped.
+    let status = demo.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let dir = first.trim().rsplit(' ').next().unwrap();
+    assert!(
+        dir.starts_with("/") && dir.contains("metakv-demo-"),
+        "{first}"
+    );
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the demo left {dir} behind"
+    );
+}

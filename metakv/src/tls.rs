@@ -258,9 +258,13 @@ impl ClusterCa {
 
 /// Who the certificate `cert_pem` speaks for: its one metakv SAN URI.
 pub fn subject_of(cert_pem: &str) -> Result<Subject, TlsError> {
-    let der = der_of(cert_pem).map_err(TlsError::NoSubject)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| TlsError::NoSubject(e.to_string()))?;
+    subject_of_der(&der_of(cert_pem).map_err(TlsError::NoSubject)?)
+}
+
+/// [`subject_of`] a certificate's DER (what a TLS handshake presents).
+pub fn subject_of_der(der: &[u8]) -> Result<Subject, TlsError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::NoSubject(e.to_string()))?;
     let names = cert
         .subject_alternative_name()
         .map_err(|e| TlsError::NoSubject(e.to_string()))?
@@ -705,8 +709,7 @@ impl ServerCertVerifier for NodeVerifier {
 
 /// Who a certificate (DER, already verified against the cluster CA) speaks for, in `cluster`.
 fn identify(cluster: &str, der: &[u8]) -> Option<Peer> {
-    let pem = pem_encode("CERTIFICATE", der);
-    match subject_of(&pem).ok()? {
+    match subject_of_der(der).ok()? {
         Subject::Node { cluster: c, id } if c == cluster => Some(Peer::Node(id)),
         Subject::User { cluster: c, name } if c == cluster => Some(Peer::User(name)),
         _ => None,

@@ -225,8 +225,10 @@ impl Node {
     /// else read (the counter is read first, so a change applied meanwhile is seen next time).
     async fn found(&self, caller: &Caller) -> Result<Found> {
         let cache = &self.inner.access;
+        // A token is kept as its hash: a hello may carry a token up to a client frame long,
+        // and 4,096 of those would be gigabytes.
         let key = match (&caller.token, &caller.peer) {
-            (Some(token), _) => format!("token {token}"),
+            (Some(token), _) => format!("token {}", hex(&sha256(token.as_bytes()))),
             (None, peer) => format!("peer {peer:?}"),
         };
         let changes = cache.changes.load(std::sync::atomic::Ordering::Acquire);

@@ -246,3 +246,231 @@ async fn bucket_creates_beyond_the_bound_are_refused() {
     via.create_bucket("d").await.unwrap();
     cluster.shutdown().await;
 }
+
+/// Sends `request` on `conn` as the client service, and returns its reply.
+async fn call(
+    conn: &mut metakv_raft::network::Conn,
+    request: &metakv::ClientRequest,
+) -> metakv::ClientReply {
+    let request = metakv_raft::wire::Request::Service {
+        service: metakv::api::CLIENT_SERVICE.into(),
+        payload: postcard::to_stdvec(request).unwrap(),
+    };
+    match conn
+        .call(&request, std::time::Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        metakv_raft::wire::Reply::Service(bytes) => postcard::from_bytes(&bytes).unwrap(),
+        other => panic!("answered {other:?}"),
+    }
+}
+
+fn refused(reply: metakv::ClientReply) -> Error {
+    match reply {
+        metakv::ClientReply::Error(e) => e,
+        other => panic!("answered {other:?}"),
+    }
+}
+
+/// A request a follower passes on to the leader carries the user it is for, and the leader
+/// authorises it again against its own `_sys`, taking such a request only from a member. The
+/// embedded API answers for a user the same way. A user's backups are its own, and one user
+/// holds at most two of a node's four slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_for_a_user_are_authorised_where_they_are_answered() {
+    use metakv::{ClientReply, ClientRequest, Op};
+    use metakv_raft::network::Conn;
+
+    let cluster = Cluster::start(3).await;
+    let addrs: Vec<String> = cluster.running().map(|n| n.addr().to_owned()).collect();
+    let admin = cluster.client(addrs.clone());
+    admin.create_bucket("users").await.unwrap();
+    admin.put("users", b"ada", b"1", Expect::Any).await.unwrap();
+    for (name, grants) in [
+        (
+            "reader",
+            Grants {
+                read: vec!["users".into()],
+                ..Grants::default()
+            },
+        ),
+        (
+            "ops",
+            Grants {
+                admin: true,
+                ..Grants::default()
+            },
+        ),
+    ] {
+        admin
+            .access(AccessRequest::RoleAdd {
+                name: name.into(),
+                grants,
+            })
+            .await
+            .unwrap();
+    }
+    let mut tokens = Vec::new();
+    for (user, role) in [("ada", "reader"), ("olga", "ops"), ("oscar", "ops")] {
+        let t = token(
+            &admin,
+            AccessRequest::UserAdd {
+                name: user.into(),
+                roles: vec![role.into()],
+            },
+        )
+        .await;
+        tokens.push(t);
+    }
+    let (ada, olga, oscar) = (&tokens[0], &tokens[1], &tokens[2]);
+    settle(&cluster).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let target = cluster.node(leader).addr().to_owned();
+    let put = |key: &[u8]| {
+        Box::new(ClientRequest::Write(Op::Put {
+            bucket: "users".into(),
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            expect: Expect::Any,
+        }))
+    };
+    let get = Box::new(ClientRequest::Get {
+        bucket: "users".into(),
+        key: b"ada".to_vec(),
+        include_tombstones: false,
+        consistency: metakv::api::Consistency::Linearizable,
+    });
+    let on_behalf =
+        |user: &str, token: Option<&String>, request: Box<ClientRequest>| ClientRequest::OnBehalf {
+            user: user.into(),
+            token: token.cloned(),
+            request,
+        };
+
+    tracing::info!("--- a member's request for ada: the leader holds it to ada's roles");
+    let tls = common::node_tls(cluster.dir.path(), follower);
+    let mut conn = Conn::dial(&target, "metakv", Some(follower), Some(&tls))
+        .await
+        .unwrap();
+    let e = denied(refused(
+        call(&mut conn, &on_behalf("ada", None, put(b"x"))).await,
+    ));
+    assert!(
+        e.contains("\"ada\"") && e.contains("write bucket \"users\""),
+        "{e}"
+    );
+    match call(&mut conn, &on_behalf("ada", Some(ada), get.clone())).await {
+        ClientReply::Record(Some(r)) => assert_eq!(r.value, b"1"),
+        other => panic!("answered {other:?}"),
+    }
+    let mut damaged = ada.clone();
+    damaged.pop();
+    damaged.push('g');
+    let e = denied(refused(
+        call(&mut conn, &on_behalf("ada", Some(&damaged), get.clone())).await,
+    ));
+    assert!(e.contains("unknown, revoked or damaged"), "{e}");
+    let e = denied(refused(
+        call(&mut conn, &on_behalf("nobody", None, get.clone())).await,
+    ));
+    assert!(e.contains("\"nobody\""), "{e}");
+    let sys = Box::new(ClientRequest::Write(Op::Put {
+        bucket: metakv::store::SYS_BUCKET.into(),
+        key: b"role/mine".to_vec(),
+        value: b"x".to_vec(),
+        expect: Expect::Any,
+    }));
+    let e = refused(call(&mut conn, &on_behalf("admin", None, sys)).await);
+    assert!(e.to_string().contains("reserved"), "{e}");
+    let nested = on_behalf("admin", None, Box::new(on_behalf("admin", None, put(b"x"))));
+    let e = refused(call(&mut conn, &nested).await);
+    assert!(e.to_string().contains("carries one request"), "{e}");
+
+    tracing::info!("--- the admin's certificate, no member: it may not speak for another user");
+    let admin_tls = common::admin_tls(cluster.dir.path());
+    let mut conn = Conn::dial(&target, "metakv", None, Some(&admin_tls))
+        .await
+        .unwrap();
+    let e = denied(refused(
+        call(&mut conn, &on_behalf("admin", None, put(b"x"))).await,
+    ));
+    assert!(e.contains("only a member node"), "{e}");
+    assert!(admin.get("users", b"x").await.unwrap().is_none());
+
+    tracing::info!("--- the embedded API, on a follower, for a user");
+    let node = cluster.node(follower);
+    let as_ada = node.on_behalf_of("ada");
+    assert_eq!(
+        as_ada.get("users", b"ada").await.unwrap().unwrap().value,
+        b"1"
+    );
+    denied(
+        as_ada
+            .put("users", b"x", b"v", Expect::Any)
+            .await
+            .unwrap_err(),
+    );
+    denied(
+        node.on_behalf_of("nobody")
+            .get("users", b"ada")
+            .await
+            .unwrap_err(),
+    );
+    node.on_behalf_of("admin")
+        .put("users", b"by-admin", b"v", Expect::Any)
+        .await
+        .unwrap();
+    let e = node
+        .on_behalf_of("admin")
+        .request(on_behalf("admin", None, put(b"x")))
+        .await
+        .unwrap_err();
+    denied(e);
+
+    tracing::info!("--- backups: two slots per user, and a user's backup is its own");
+    let as_user = |token: &str| {
+        Client::new(
+            vec![addrs[follower as usize - 1].clone()],
+            "metakv",
+            &cluster.creds().with_token(token.to_owned()),
+        )
+        .unwrap()
+    };
+    let (olga, oscar) = (as_user(olga), as_user(oscar));
+    async fn begin(kv: &Client) -> Result<metakv::api::BackupInfo, Error> {
+        match kv.request(ClientRequest::BackupBegin).await {
+            Ok(ClientReply::Backup(info)) => Ok(info),
+            Ok(other) => panic!("answered {other:?}"),
+            Err(e) => Err(e),
+        }
+    }
+    let first = begin(&olga).await.unwrap();
+    begin(&olga).await.unwrap();
+    let e = begin(&olga).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Busy(_)) && e.to_string().contains("\"olga\""),
+        "{e}"
+    );
+    let chunk = ClientRequest::BackupChunk {
+        node: first.node,
+        id: first.id,
+        offset: 0,
+    };
+    let e = oscar.request(chunk.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("holds no backup"), "{e}");
+    let end = ClientRequest::BackupEnd {
+        node: first.node,
+        id: first.id,
+    };
+    assert!(oscar.request(end.clone()).await.is_err());
+    begin(&oscar).await.unwrap();
+    match olga.request(chunk).await.unwrap() {
+        ClientReply::Bytes(b) => assert!(!b.is_empty()),
+        other => panic!("answered {other:?}"),
+    }
+    olga.request(end).await.unwrap();
+    begin(&olga).await.unwrap();
+    cluster.shutdown().await;
+}

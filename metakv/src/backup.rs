@@ -15,8 +15,11 @@
 //! - The client writes `FILE.partial`, checks the whole file's size and crc32 against the
 //!   node's, reads the archive to its `End` frame (every frame's crc, the counts), fsyncs it,
 //!   and only then renames it to `FILE`. A failed backup leaves no `FILE`.
-//! - A node keeps at most [`OPEN_MAX`] backups; one not read for [`IDLE`] is removed by the
-//!   next backup request, and a restart removes them all.
+//! - A node keeps at most [`OPEN_MAX`] backups, at most [`USER_OPEN_MAX`] of them for one
+//!   user; a backup is its user's alone (another user's chunk or end request finds none), and
+//!   it is a lease: one not read for [`IDLE`] is removed by the next backup request, and a
+//!   restart removes them all. A user holding its slots cannot lock another out for longer
+//!   than that.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -39,8 +42,11 @@ pub(crate) const DIR: &str = "backups";
 pub use crate::api::backup::CHUNK_BYTES;
 /// Backups a node holds at once.
 pub const OPEN_MAX: usize = 4;
-/// A backup not read for this long is removed.
-pub const IDLE: Duration = Duration::from_secs(600);
+/// Backups a node holds at once for one user.
+pub const USER_OPEN_MAX: usize = 2;
+/// A backup not read for this long is removed (a client reads a chunk every few
+/// milliseconds while it pulls one).
+pub const IDLE: Duration = Duration::from_secs(60);
 
 /// The backups a node holds.
 #[derive(Debug)]
@@ -52,6 +58,8 @@ pub(crate) struct Backups {
 
 #[derive(Debug)]
 struct Held {
+    /// The user it was taken for; `None` for a trusted caller (the embedded API).
+    owner: Option<String>,
     path: PathBuf,
     bytes: u64,
     touched: Instant,
@@ -96,6 +104,13 @@ impl Backups {
     }
 }
 
+impl Held {
+    /// Whether `user` (`None`: a trusted caller) may read or end it.
+    fn readable_by(&self, user: Option<&str>) -> bool {
+        user.is_none() || self.owner.as_deref() == user
+    }
+}
+
 fn unknown(node: u64, id: u64) -> Error {
     Error::invalid(format!(
         "node {node} holds no backup {id} (it ended, was idle for over {IDLE:?}, or the node \
@@ -124,21 +139,33 @@ impl<W: Write> Write for Summing<W> {
 }
 
 impl Backups {
-    /// Takes a backup of `core`'s copy (the caller has made it current) and holds it.
-    pub(crate) async fn begin(&self, core: &Core) -> Result<BackupInfo> {
+    /// Takes a backup of `core`'s copy (the caller has made it current) and holds it for
+    /// `user` (`None`: a trusted caller).
+    pub(crate) async fn begin(&self, core: &Core, user: Option<&str>) -> Result<BackupInfo> {
         let (backups, node) = (self, core.id);
         backups.sweep();
         // The slot is taken before the export, so concurrent requests cannot pass the limit.
         let (id, path) = {
             let mut open = backups.lock();
+            if let Some(user) = user {
+                let held = open.values().filter(|h| h.owner.as_deref() == Some(user));
+                if held.count() >= USER_OPEN_MAX {
+                    return Err(Error::Busy(format!(
+                        "node {node} holds {USER_OPEN_MAX} backups for user {user:?} already; \
+                         wait for one to end (one not read for {IDLE:?} ends by itself)"
+                    )));
+                }
+            }
             if open.len() >= OPEN_MAX {
                 return Err(Error::Busy(format!(
-                    "node {node} holds {OPEN_MAX} backups already; wait for one to end"
+                    "node {node} holds {OPEN_MAX} backups already; wait for one to end (one \
+                     not read for {IDLE:?} ends by itself)"
                 )));
             }
             let id = backups.next.fetch_add(1, Ordering::Relaxed);
             let path = backups.dir.join(format!("{id}.mkva"));
             let held = Held {
+                owner: user.map(str::to_owned),
                 path: path.clone(),
                 bytes: 0,
                 touched: Instant::now(),
@@ -206,13 +233,23 @@ impl Backups {
         })
     }
 
-    /// Up to [`CHUNK_BYTES`] of backup `id` from `offset`.
-    pub(crate) async fn chunk(&self, core: &Core, id: u64, offset: u64) -> Result<Vec<u8>> {
+    /// Up to [`CHUNK_BYTES`] of backup `id` from `offset`, for `user` (`None`: a trusted
+    /// caller).
+    pub(crate) async fn chunk(
+        &self,
+        core: &Core,
+        id: u64,
+        offset: u64,
+        user: Option<&str>,
+    ) -> Result<Vec<u8>> {
         let backups = self;
         backups.sweep();
         let (path, bytes) = {
             let mut open = backups.lock();
-            let held = open.get_mut(&id).ok_or_else(|| unknown(core.id, id))?;
+            let held = open
+                .get_mut(&id)
+                .filter(|h| h.readable_by(user))
+                .ok_or_else(|| unknown(core.id, id))?;
             held.touched = Instant::now();
             (held.path.clone(), held.bytes)
         };
@@ -232,9 +269,10 @@ impl Backups {
         .map_err(|e: std::io::Error| Error::Storage(format!("reading backup {id}: {e}")))
     }
 
-    /// Removes backup `id`.
-    pub(crate) fn end(&self, core: &Core, id: u64) -> Result<()> {
-        match self.remove(id) {
+    /// Removes backup `id`, for `user` (`None`: a trusted caller).
+    pub(crate) fn end(&self, core: &Core, id: u64, user: Option<&str>) -> Result<()> {
+        let readable = self.lock().get(&id).is_some_and(|h| h.readable_by(user));
+        match readable.then(|| self.remove(id)).flatten() {
             Some(_) => Ok(()),
             None => Err(unknown(core.id, id)),
         }

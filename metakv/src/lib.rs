@@ -42,5 +42,7 @@ pub use metakv_gc::hibernate::{HibernationRecord, Manifest, OpId, OpKind, Phase}
 pub use metakv_gc::{self as gc_engine, GcConfig, JobId, JobRecord, Outcome as GcOutcome};
 pub use metakv_raft::{Rejection, RejectionKind};
 pub use metakv_store::{self as store, Applied, BucketInfo, BucketState, Expect, Op, Record};
-pub use node::{IDENTITY_FILE, Identity, IdentityError, Node, TOKEN_TTL_MAX, WATCH_WAIT_MS_MAX};
+pub use node::{
+    IDENTITY_FILE, Identity, IdentityError, Node, OnBehalfOf, TOKEN_TTL_MAX, WATCH_WAIT_MS_MAX,
+};
 pub use tls::ClientCreds;

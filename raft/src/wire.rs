@@ -24,8 +24,8 @@ use crate::types::{SnapshotMeta, TypeConfig, Vote};
 /// library's client requests, the GC agents' calls). Nodes and clients of other versions are
 /// refused. 2: a client `Join` carries the joining node's incarnation. 3: join tokens
 /// (`Enroll`, `JoinToken`, `RevokeJoinToken`), TLS under the hello, users and roles (`Access`,
-/// a hello's `token`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// a hello's `token`). 4: a request forwarded for a user carries the user (`OnBehalf`).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Longest frame payload: an append of entries with the largest values the store may be
 /// configured for still fits, with room for the envelope.
 pub const FRAME_BYTES_MAX: usize = metakv_store::VALUE_BYTES_MAX_CEILING + (16 << 20);

@@ -103,6 +103,9 @@ impl ClientRequest {
             | ClientRequest::BackupChunk { .. }
             | ClientRequest::BackupEnd { .. }
             | ClientRequest::Access(_) => Need::Admin,
+            // Only a member may send one (`node::permitted`); what it carries is authorised
+            // for the user it names.
+            ClientRequest::OnBehalf { .. } => Need::Admin,
         }
     }
 }

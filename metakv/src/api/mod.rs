@@ -152,6 +152,14 @@ pub enum ClientRequest {
         node: u64,
         id: u64,
     },
+    /// `request`, passed on by a member for user `user`, with the token the user's connection
+    /// carried (if it carried one): the node that answers authorises it again, and takes it
+    /// only from a member.
+    OnBehalf {
+        user: String,
+        token: Option<String>,
+        request: Box<ClientRequest>,
+    },
 }
 
 /// What compacting one node did.
@@ -393,9 +401,6 @@ pub struct BackupInfo {
 }
 
 impl ClientRequest {
-    /// The answer to this request when a call that carried it failed with `reason` after it
-    /// was sent: [`Error::Ambiguous`] for a write, `Unavailable` for anything else (a read
-    /// changed nothing).
     /// The request's name, for messages.
     pub fn name(&self) -> &'static str {
         match self {
@@ -427,11 +432,16 @@ impl ClientRequest {
             ClientRequest::BackupBegin
             | ClientRequest::BackupChunk { .. }
             | ClientRequest::BackupEnd { .. } => "backup",
+            ClientRequest::OnBehalf { request, .. } => request.name(),
         }
     }
 
+    /// The answer to this request when a call that carried it failed with `reason` after it
+    /// was sent: [`Error::Ambiguous`] for a write, `Unavailable` for anything else (a read
+    /// changed nothing).
     pub(crate) fn failed_after_sending(&self, reason: String) -> Error {
         match self {
+            ClientRequest::OnBehalf { request, .. } => request.failed_after_sending(reason),
             ClientRequest::Write(op) => Error::Ambiguous {
                 what: describe(op),
                 reason,

@@ -62,6 +62,38 @@ impl AccessCache {
     }
 }
 
+/// Whom a request acts for, once it is authorised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Acting {
+    /// This process (the embedded API), or a member node asking for itself.
+    Trusted,
+    /// A user. A request passed on to another node carries it, with the token it came with,
+    /// so that the node that answers authorises it again (`ClientRequest::OnBehalf`).
+    User { name: String, token: Option<String> },
+}
+
+impl Acting {
+    /// `request`, as this caller sends it to another node.
+    pub(crate) fn wrap(&self, request: &ClientRequest) -> ClientRequest {
+        match self {
+            Acting::Trusted => request.clone(),
+            Acting::User { name, token } => ClientRequest::OnBehalf {
+                user: name.clone(),
+                token: token.clone(),
+                request: Box::new(request.clone()),
+            },
+        }
+    }
+
+    /// The user, if a user acts; `None` for a trusted caller.
+    pub(crate) fn user(&self) -> Option<&str> {
+        match self {
+            Acting::Trusted => None,
+            Acting::User { name, .. } => Some(name),
+        }
+    }
+}
+
 /// Users, and roles, that `user list` and `role list` show at most.
 const LISTED_MAX: usize = 10_000;
 /// Tokens a user may hold at once.
@@ -255,21 +287,64 @@ impl Node {
         Ok(found)
     }
 
-    /// Whether `caller` may send `request` (see the module docs and `node::permitted`).
+    /// Whether `caller` may send `request` (see the module docs and `node::permitted`), and
+    /// whom it acts for. A member's `OnBehalf` is authorised for the user it names, as if
+    /// that user had sent what it carries here.
     pub(super) async fn authorize(
+        &self,
+        caller: &Caller,
+        request: ClientRequest,
+        denials: &RefusalLog,
+    ) -> Result<(ClientRequest, Acting)> {
+        let ClientRequest::OnBehalf {
+            user,
+            token,
+            request,
+        } = request
+        else {
+            let acting = self.authorize_one(caller, &request, denials).await?;
+            return Ok((request, acting));
+        };
+        if caller.node.is_none() {
+            return Err(Error::Denied {
+                user: caller.peer.to_string(),
+                action: "send a request on a user's behalf: only a member node may".into(),
+            });
+        }
+        if let Some(why) = super::route::internal_only(&request)
+            .or_else(|| matches!(*request, ClientRequest::OnBehalf { .. }).then(|| "a request on a user's behalf carries one request, not another on a user's behalf".to_owned()))
+        {
+            return Err(Error::invalid(why));
+        }
+        let user = Caller {
+            node: None,
+            peer: Peer::User(user),
+            token,
+        };
+        let acting = self.authorize_one(&user, &request, denials).await?;
+        Ok((*request, acting))
+    }
+
+    /// Whether `caller` may send `request` itself.
+    async fn authorize_one(
         &self,
         caller: &Caller,
         request: &ClientRequest,
         denials: &RefusalLog,
-    ) -> Result<()> {
+    ) -> Result<Acting> {
         let user_call = caller.token.is_some() || matches!(caller.peer, Peer::User(_));
         if !user_call {
-            return super::permitted(caller, request);
+            return super::permitted(caller, request).map(|()| Acting::Trusted);
         }
         let need = request.need();
         let found = self.found(caller).await?;
-        let verdict = match &found.user {
-            Ok(_) if found.grants.iter().any(|g| g.grants(&need)) => return Ok(()),
+        let verdict = match found.user {
+            Ok(name) if found.grants.iter().any(|g| g.grants(&need)) => {
+                return Ok(Acting::User {
+                    name,
+                    token: caller.token.clone(),
+                });
+            }
             Ok(user) => Error::Denied {
                 user: format!("user {user:?}"),
                 action: match request_bucket(request) {
@@ -277,7 +352,7 @@ impl Node {
                     None => format!("{}: it needs to {need}", request.name()),
                 },
             },
-            Err(e) => e.clone(),
+            Err(e) => e,
         };
         if denials.allow() {
             tracing::warn!(peer = %caller.peer, op = request.name(), bucket = ?request_bucket(request), error = %verdict, "denied");

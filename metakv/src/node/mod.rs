@@ -49,10 +49,11 @@ mod route;
 mod status;
 
 pub use crate::config::NodeConfig;
+use access::Acting;
 pub use enroll::TOKEN_TTL_MAX;
 pub use identity::{IDENTITY_FILE, Identity, IdentityError};
-pub use route::WATCH_WAIT_MS_MAX;
 use route::leader_only;
+pub use route::{OnBehalfOf, WATCH_WAIT_MS_MAX};
 
 /// A running node. Cloning shares it; [`Node::shutdown`] stops it.
 #[derive(Debug, Clone)]
@@ -121,9 +122,9 @@ impl Services for NodeServices {
             }
             let request: ClientRequest = postcard::from_bytes(&payload)
                 .map_err(|e| format!("undecodable client request: {e}"))?;
-            let reply = match node.authorize(&caller, &request, &node.inner.denials).await {
+            let reply = match node.authorize(&caller, request, &node.inner.denials).await {
                 Err(e) => ClientReply::Error(e),
-                Ok(()) => match node.handle(request, from).await {
+                Ok((request, acting)) => match node.handle(request, from, &acting).await {
                     Ok(reply) => reply,
                     Err(e) => ClientReply::Error(e),
                 },

@@ -10,11 +10,12 @@ pub(super) const ROUTE_RETRY_MAX: Duration = Duration::from_millis(50);
 
 impl Node {
     /// Answers a client request; `from` is the node that forwarded it (it is not forwarded
-    /// again), `None` for a caller of this node.
+    /// again), `None` for a caller of this node; `acting` is whom it acts for (authorised).
     pub(crate) async fn handle(
         &self,
         request: ClientRequest,
         from: Option<u64>,
+        acting: &Acting,
     ) -> Result<ClientReply> {
         if let Some(why) = self.failure() {
             return Err(Error::Storage(format!(
@@ -30,7 +31,7 @@ impl Node {
                 message,
             }));
         }
-        self.route(request, from).await
+        self.route(request, from, acting).await
     }
 
     /// Answers here, or through the leader when it must answer. A refused attempt is retried when
@@ -39,6 +40,7 @@ impl Node {
         &self,
         request: ClientRequest,
         from: Option<u64>,
+        acting: &Acting,
     ) -> Result<ClientReply> {
         let deadline = tokio::time::Instant::now() + self.inner.core.config.request_timeout;
         // Leadership as this node saw it when the last attempt was refused: the next attempt
@@ -46,7 +48,7 @@ impl Node {
         let mut leadership = self.inner.core.raft.server_metrics();
         loop {
             drop(leadership.borrow_and_update());
-            match self.try_handle(&request).await {
+            match self.try_handle(&request, acting).await {
                 Err(Redirect(leader)) if from.is_some() => {
                     return Err(Error::NotLeader {
                         leader: leader.map(|(id, _)| id),
@@ -59,7 +61,14 @@ impl Node {
                         ClientRequest::Join { .. } => self.inner.core.config.request_timeout * 3,
                         _ => self.inner.core.config.request_timeout,
                     };
-                    match self.inner.core.pool.client_call(&addr, &request, ttl).await {
+                    let forwarded = acting.wrap(&request);
+                    match self
+                        .inner
+                        .core
+                        .pool
+                        .client_call(&addr, &forwarded, ttl)
+                        .await
+                    {
                         Ok(ClientReply::Error(Error::NotLeader { .. })) => {}
                         Ok(reply) => return Ok(reply),
                         Err(e) if e.is_connect() => {}
@@ -102,6 +111,7 @@ impl Node {
     pub(super) async fn try_handle(
         &self,
         request: &ClientRequest,
+        acting: &Acting,
     ) -> std::result::Result<Result<ClientReply>, Redirect> {
         // Matched by reference: only what an answer needs is copied, once per attempt.
         Ok(match request {
@@ -208,7 +218,10 @@ impl Node {
             | ClientRequest::JoinToken { .. }
             | ClientRequest::RevokeJoinToken { .. }
             | ClientRequest::Enroll { .. }
-            | ClientRequest::Access(_) => return self.try_admin(request).await,
+            | ClientRequest::Access(_) => return self.try_admin(request, acting).await,
+            ClientRequest::OnBehalf { .. } => Err(Error::invalid(
+                "a request on a user's behalf is taken only from a member node",
+            )),
         })
     }
 
@@ -258,6 +271,7 @@ impl Node {
     pub(super) async fn try_admin(
         &self,
         request: &ClientRequest,
+        acting: &Acting,
     ) -> std::result::Result<Result<ClientReply>, Redirect> {
         Ok(match request.clone() {
             ClientRequest::GcRun {
@@ -326,27 +340,27 @@ impl Node {
                 self.inner.core.linearize(Consistency::Linearizable).await?;
                 self.inner
                     .backups
-                    .begin(&self.inner.core)
+                    .begin(&self.inner.core, acting.user())
                     .await
                     .map(ClientReply::Backup)
             }
             ClientRequest::BackupChunk { node, id, offset } => {
                 if node != self.inner.core.id {
-                    return Ok(self.on_member(node, request).await);
+                    return Ok(self.on_member(node, request, acting).await);
                 }
                 self.inner
                     .backups
-                    .chunk(&self.inner.core, id, offset)
+                    .chunk(&self.inner.core, id, offset, acting.user())
                     .await
                     .map(ClientReply::Bytes)
             }
             ClientRequest::BackupEnd { node, id } => {
                 if node != self.inner.core.id {
-                    return Ok(self.on_member(node, request).await);
+                    return Ok(self.on_member(node, request, acting).await);
                 }
                 self.inner
                     .backups
-                    .end(&self.inner.core, id)
+                    .end(&self.inner.core, id, acting.user())
                     .map(|()| ClientReply::Done)
             }
             ClientRequest::CheckNode => {
@@ -375,7 +389,8 @@ impl Node {
             | ClientRequest::Changes { .. }
             | ClientRequest::Bucket { .. }
             | ClientRequest::Buckets { .. }
-            | ClientRequest::Status => unreachable!("answered by try_handle"),
+            | ClientRequest::Status
+            | ClientRequest::OnBehalf { .. } => unreachable!("answered by try_handle"),
         })
     }
 
@@ -384,6 +399,7 @@ impl Node {
         &self,
         node: u64,
         request: &ClientRequest,
+        acting: &Acting,
     ) -> Result<ClientReply> {
         let addr = {
             let metrics = self.inner.core.raft.metrics();
@@ -400,7 +416,11 @@ impl Node {
             .inner
             .core
             .pool
-            .client_call(&addr, request, self.inner.core.config.request_timeout)
+            .client_call(
+                &addr,
+                &acting.wrap(request),
+                self.inner.core.config.request_timeout,
+            )
             .await
         {
             Ok(ClientReply::Error(e)) => Err(e),
@@ -439,9 +459,6 @@ impl Node {
         })
     }
 
-    /// For a linearizable read: waits until this node, as leader, has applied everything
-    /// committed before the read began (read index); redirects when another node leads.
-    /// `Ok` if this node leads; otherwise a redirect to the leader it knows of.
     /// Whether this node's copy holds `limits.buckets_max` buckets (`_sys` not counted).
     async fn buckets_full(&self) -> std::result::Result<bool, Redirect> {
         let max = self.inner.core.config.buckets_max;
@@ -455,6 +472,7 @@ impl Node {
         Ok(count.is_ok_and(|n| n >= max))
     }
 
+    /// `Ok` if this node leads; otherwise a redirect to the leader it knows of.
     pub(super) fn lead_here(&self) -> std::result::Result<(), Redirect> {
         self.inner
             .core
@@ -496,7 +514,52 @@ pub(super) fn internal_only(request: &ClientRequest) -> Option<String> {
 }
 
 impl Kv for Node {
+    /// Answers as a trusted caller: the embedded API is in the process that runs the node.
+    /// [`Node::on_behalf_of`] answers as a user.
     async fn request(&self, request: ClientRequest) -> Result<ClientReply> {
-        self.handle(request, None).await
+        self.handle(request, None, &Acting::Trusted).await
+    }
+}
+
+/// A [`Node`] answering for a user (see [`Node::on_behalf_of`]).
+#[derive(Debug, Clone)]
+pub struct OnBehalfOf {
+    node: Node,
+    user: String,
+}
+
+impl OnBehalfOf {
+    /// The user it answers for.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+impl Node {
+    /// This node's API for requests made on `user`'s behalf: each one is authorised against
+    /// the user's roles, as the user's own connection would be, and fails with
+    /// [`Error::Denied`] when they do not allow it (a user that does not exist has no roles).
+    /// A request this node passes on to the leader carries the user, and the leader checks it
+    /// again.
+    pub fn on_behalf_of(&self, user: &str) -> OnBehalfOf {
+        OnBehalfOf {
+            node: self.clone(),
+            user: user.to_owned(),
+        }
+    }
+}
+
+impl Kv for OnBehalfOf {
+    async fn request(&self, request: ClientRequest) -> Result<ClientReply> {
+        let node = &self.node;
+        let caller = Caller {
+            node: None,
+            peer: Peer::User(self.user.clone()),
+            token: None,
+        };
+        let (request, acting) = node
+            .authorize(&caller, request, &node.inner.denials)
+            .await?;
+        node.handle(request, None, &acting).await
     }
 }

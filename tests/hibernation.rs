@@ -438,3 +438,93 @@ async fn a_paused_bucket_whose_archive_vanished_is_reported_and_kept() {
     );
     cluster.shutdown().await;
 }
+
+/// A local archive root must be the same directory on every voter: a pause to a directory
+/// only the leader has would leave a bucket that another leader cannot resume. The leader
+/// writes a marker that every other voter must read back before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pause_to_a_root_a_voter_cannot_see_is_refused_before_anything_changes() {
+    // Every node has the shared root and one of its own.
+    let mut cluster = Cluster::start_with(3, |c| {
+        let dir = c.data_dir.parent().unwrap().to_owned();
+        let own = dir.join(format!("own{}", c.id));
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::create_dir_all(dir.join("shared")).unwrap();
+        c.hibernation.archive_roots = vec![
+            dir.join("shared").display().to_string(),
+            own.display().to_string(),
+        ];
+    })
+    .await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let node = cluster.node(follower).clone();
+    fill(&node, "users", 100).await;
+    let own = cluster.dir.path().join(format!("own{leader}"));
+
+    let e = node
+        .pause_bucket("users", &own.join("users").display().to_string())
+        .await
+        .unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("not the same directory on every voter"),
+        "{message}"
+    );
+    for id in (1..=3).filter(|&id| id != leader) {
+        assert!(
+            message.contains(&format!("node {id}: ")),
+            "names node {id}: {message}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&own).unwrap().count(),
+        0,
+        "nothing is left in {}",
+        own.display()
+    );
+    assert_eq!(
+        node.bucket("users").await.unwrap().state,
+        BucketState::Active
+    );
+
+    tracing::info!("--- a voter that is down cannot confirm either");
+    let shared = cluster.dir.path().join("shared");
+    let down = (1..=3).find(|&id| id != leader && id != follower).unwrap();
+    cluster.stop(down).await;
+    let e = node
+        .pause_bucket("users", &shared.join("users").display().to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("node {down} did not answer")),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+    assert_eq!(
+        node.bucket("users").await.unwrap().state,
+        BucketState::Active
+    );
+
+    tracing::info!("--- the shared root, every voter up: the pause goes through");
+    cluster.restart(down).await;
+    node.pause_bucket("users", &shared.join("users").display().to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        node.bucket("users").await.unwrap().state,
+        BucketState::Paused
+    );
+    let left: Vec<_> = std::fs::read_dir(shared.join("users"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".metakv-visible")
+        })
+        .collect();
+    assert!(left.is_empty(), "the marker was removed: {left:?}");
+    cluster.shutdown().await;
+}

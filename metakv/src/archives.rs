@@ -130,6 +130,81 @@ pub fn check_location(uri: &str, roots: &[String]) -> std::result::Result<(), St
     Err(outside())
 }
 
+/// A visibility marker's name: this prefix and 32 hex digits, which are also its contents.
+const MARKER_PREFIX: &str = ".metakv-visible-";
+
+/// A marker the leader wrote into a local archive location, for every voter to read back
+/// (`ClientRequest::ArchiveVisible`): a local root that is not the same directory on every
+/// voter (a shared mount) would leave a paused bucket that a later leader cannot resume.
+#[derive(Debug)]
+pub(crate) struct Marker {
+    /// The directory it is in.
+    dir: std::path::PathBuf,
+    /// Its name.
+    pub(crate) name: String,
+    /// The directories writing it created, deepest first, to remove with it.
+    created: Vec<std::path::PathBuf>,
+}
+
+impl Marker {
+    /// Writes a new marker into the local location `dir` (made if missing), fsynced.
+    pub(crate) fn write(dir: &std::path::Path) -> std::io::Result<Marker> {
+        let mut created = Vec::new();
+        let mut missing = Some(dir);
+        while let Some(d) = missing.filter(|d| !d.exists()) {
+            created.push(d.to_owned());
+            missing = d.parent();
+        }
+        metakv_store::private::create_dir_all(dir)?;
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).map_err(std::io::Error::other)?;
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("{MARKER_PREFIX}{hex}");
+        let mut file = metakv_store::private::create_file(&dir.join(&name))?;
+        std::io::Write::write_all(&mut file, hex.as_bytes())?;
+        file.sync_all()?;
+        Ok(Marker {
+            dir: dir.to_owned(),
+            name,
+            created,
+        })
+    }
+
+    /// Removes the marker, and the directories writing it made.
+    pub(crate) fn remove(self) {
+        std::fs::remove_file(self.dir.join(&self.name)).ok();
+        for d in &self.created {
+            std::fs::remove_dir(d).ok();
+        }
+    }
+}
+
+/// Checks, on a voter, that the marker `name` the leader wrote into archive location `uri`
+/// is there with its contents, and that `uri` is under one of this node's `roots`.
+pub(crate) fn read_marker(uri: &str, name: &str, roots: &[String]) -> Result<(), String> {
+    check_location(uri, roots)?;
+    let hex = name
+        .strip_prefix(MARKER_PREFIX)
+        .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| format!("{name:?} is not an archive marker's name"))?;
+    let dir = local_dir(uri).ok_or_else(|| format!("archive location {uri:?} is not local"))?;
+    let path = dir.join(name);
+    let mut contents = Vec::new();
+    let read = std::fs::File::open(&path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 64), &mut contents));
+    match read {
+        Ok(_) if contents == hex.as_bytes() => Ok(()),
+        Ok(_) => Err(format!(
+            "{} holds something else than the marker the leader wrote",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot read the marker the leader wrote, {}: {e}",
+            path.display()
+        )),
+    }
+}
+
 /// `path` with its deepest existing ancestor's symlinks resolved, and the rest appended.
 fn resolve(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     let mut existing = path;
@@ -251,6 +326,37 @@ fn open_s3(_: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_reads_back_only_as_written_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let roots = vec![root.display().to_string()];
+        let location = root.join("a/b");
+        let uri = location.display().to_string();
+        let marker = Marker::write(&location).unwrap();
+        assert_eq!(read_marker(&uri, &marker.name, &roots), Ok(()));
+        let other = format!("{MARKER_PREFIX}{}", "0".repeat(32));
+        let e = read_marker(&uri, &other, &roots).unwrap_err();
+        assert!(e.contains("cannot read the marker"), "{e}");
+        std::fs::write(location.join(&other), b"something else").unwrap();
+        let e = read_marker(&uri, &other, &roots).unwrap_err();
+        assert!(e.contains("something else than the marker"), "{e}");
+        std::fs::remove_file(location.join(&other)).unwrap();
+        for bad in ["../../etc/passwd", ".metakv-visible-zz", "archive.mkva"] {
+            let e = read_marker(&uri, bad, &roots).unwrap_err();
+            assert!(e.contains("not an archive marker"), "{bad}: {e}");
+        }
+        let e = read_marker("/etc", &marker.name, &roots).unwrap_err();
+        assert!(e.contains("under none"), "{e}");
+        marker.remove();
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            0,
+            "a/b removed too"
+        );
+    }
 
     #[test]
     fn archive_locations_must_lie_under_a_root() {

@@ -102,7 +102,8 @@ impl ClientRequest {
             | ClientRequest::BackupBegin
             | ClientRequest::BackupChunk { .. }
             | ClientRequest::BackupEnd { .. }
-            | ClientRequest::Access(_) => Need::Admin,
+            | ClientRequest::Access(_)
+            | ClientRequest::ArchiveVisible { .. } => Need::Admin,
             // Only a member may send one (`node::permitted`); what it carries is authorised
             // for the user it names.
             ClientRequest::OnBehalf { .. } => Need::Admin,

@@ -152,6 +152,13 @@ pub enum ClientRequest {
         node: u64,
         id: u64,
     },
+    /// Whether the marker `marker` the leader wrote into the local archive location
+    /// `location` is there, readable, on the answering voter (see `crate::hibernate`): a
+    /// member's request only.
+    ArchiveVisible {
+        location: String,
+        marker: String,
+    },
     /// `request`, passed on by a member for user `user`, with the token the user's connection
     /// carried (if it carried one): the node that answers authorises it again, and takes it
     /// only from a member.
@@ -432,6 +439,7 @@ impl ClientRequest {
             ClientRequest::BackupBegin
             | ClientRequest::BackupChunk { .. }
             | ClientRequest::BackupEnd { .. } => "backup",
+            ClientRequest::ArchiveVisible { .. } => "archive check",
             ClientRequest::OnBehalf { request, .. } => request.name(),
         }
     }

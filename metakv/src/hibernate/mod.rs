@@ -44,6 +44,7 @@ mod archives;
 mod janitor;
 mod ops;
 mod stream;
+mod visible;
 
 use crate::config::HibernationConfig;
 use archives::{delete_objects, objects};

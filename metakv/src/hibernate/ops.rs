@@ -43,6 +43,7 @@ impl Hibernation {
         let (reg, record) = self
             .begin_op(bucket, OpKind::Pause, BucketState::Active)
             .await?;
+        self.confirm_visible(archive).await?;
         let (store, base) = self
             .state
             .config
@@ -226,6 +227,9 @@ impl Hibernation {
         let (reg, record) = self
             .begin_op(bucket, OpKind::Resume, BucketState::Paused)
             .await?;
+        if let Some(archive) = archive {
+            self.confirm_visible(archive).await?;
+        }
         let Some((paused, rev)) = record else {
             return Err(archive_err(format!(
                 "bucket {bucket:?} is paused but has no hibernation record"

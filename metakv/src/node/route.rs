@@ -218,7 +218,8 @@ impl Node {
             | ClientRequest::JoinToken { .. }
             | ClientRequest::RevokeJoinToken { .. }
             | ClientRequest::Enroll { .. }
-            | ClientRequest::Access(_) => return self.try_admin(request, acting).await,
+            | ClientRequest::Access(_)
+            | ClientRequest::ArchiveVisible { .. } => return self.try_admin(request, acting).await,
             ClientRequest::OnBehalf { .. } => Err(Error::invalid(
                 "a request on a user's behalf is taken only from a member node",
             )),
@@ -383,6 +384,12 @@ impl Node {
                 return self.enroll_node(&token, id, &addr).await;
             }
             ClientRequest::Access(request) => return self.access(request).await,
+            ClientRequest::ArchiveVisible { location, marker } => self
+                .inner
+                .hibernation
+                .marker_visible(&location, &marker)
+                .await
+                .map(|()| ClientReply::Done),
             ClientRequest::Write(_)
             | ClientRequest::Get { .. }
             | ClientRequest::Scan { .. }
@@ -492,10 +499,14 @@ pub(super) fn leader_only<T>(r: Result<T>) -> std::result::Result<Result<T>, Red
 
 /// Why a caller may not send `request` itself, if it may not: writes to `_sys`, and the
 /// hibernation steps, which only the node's own pause and resume propose (in order, with
-/// their records).
+/// their records), and a member's archive check.
 pub(super) fn internal_only(request: &ClientRequest) -> Option<String> {
-    let ClientRequest::Write(op) = request else {
-        return None;
+    let op = match request {
+        ClientRequest::Write(op) => op,
+        ClientRequest::ArchiveVisible { .. } => {
+            return Some("only a member node asks for an archive check".to_owned());
+        }
+        _ => return None,
     };
     let sys = match op {
         Op::SetBucketState { .. }

@@ -10,7 +10,47 @@ async fn ask(client: &Client, request: AccessRequest) -> Result<AccessReply, Fai
     Ok(client.access(request).await?)
 }
 
-/// Prints a new token (once), and writes the user's credentials file if asked.
+/// Checks a `--creds-out FILE` before anything is asked of the cluster: a failure after the
+/// user is made would leave a token nobody holds. It needs the cluster's CA, a FILE that does
+/// not exist (a credentials file is not overwritten), and a directory that does.
+fn check_creds_out(ca_pem: Option<&str>, creds_out: Option<&std::path::Path>) -> Result<(), Fail> {
+    let Some(path) = creds_out else {
+        return Ok(());
+    };
+    if ca_pem.is_none() {
+        return Err(Fail(
+            2,
+            "--creds-out needs the cluster's CA: not with --insecure".into(),
+        ));
+    }
+    if path.symlink_metadata().is_ok() {
+        return Err(Fail(
+            8,
+            format!(
+                "--creds-out {} exists; name a new file (credentials are not overwritten)",
+                path.display()
+            ),
+        ));
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        return Err(Fail(
+            2,
+            format!(
+                "--creds-out {}: no directory {}",
+                path.display(),
+                parent.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Prints a new token (once), and writes the user's credentials file if asked. The token is
+/// printed even if the file cannot be written, so that it is not lost.
 fn token_out(
     ca_pem: Option<&str>,
     json: bool,
@@ -20,35 +60,39 @@ fn token_out(
     let AccessReply::Token { user, token } = reply else {
         return Err(Fail(1, format!("unexpected answer {reply:?}")));
     };
-    if let Some(path) = creds_out {
-        let ca_pem = ca_pem.ok_or_else(|| {
-            Fail(
-                2,
-                "--creds-out needs the cluster's CA: not with --insecure".into(),
-            )
-        })?;
-        let creds = metakv::ClientCreds {
+    let written = match (creds_out, ca_pem) {
+        (Some(path), Some(ca_pem)) => metakv::ClientCreds {
             ca_pem: ca_pem.to_owned(),
             user: None,
             token: Some(token.clone()),
-        };
-        creds
-            .store(path)
-            .map_err(|e| Fail(1, format!("writing {}: {e}", path.display())))?;
-    }
+        }
+        .store(path)
+        .map_err(|e| {
+            Fail(
+                1,
+                format!(
+                    "writing {}: {e} (the token printed above is the user's)",
+                    path.display()
+                ),
+            )
+        }),
+        _ => Ok(()),
+    };
     if json {
         outln!("{}", json!({"user": user, "token": token}));
     } else {
         outln!("{token}");
         eprintln!(
             "the token of user {user}: shown once, only its hash is kept{}",
-            creds_out.map_or(String::new(), |p| format!(
-                "; credentials in {}",
-                p.display()
-            ))
+            creds_out
+                .filter(|_| written.is_ok())
+                .map_or(String::new(), |p| format!(
+                    "; credentials in {}",
+                    p.display()
+                ))
         );
     }
-    Ok(())
+    written
 }
 
 pub async fn user_command(
@@ -63,6 +107,7 @@ pub async fn user_command(
             roles,
             creds_out,
         } => {
+            check_creds_out(ca_pem, creds_out.as_deref())?;
             let reply = ask(client, AccessRequest::UserAdd { name, roles }).await?;
             token_out(ca_pem, json, reply, creds_out.as_deref())?;
         }
@@ -71,6 +116,7 @@ pub async fn user_command(
             revoke_all,
             creds_out,
         } => {
+            check_creds_out(ca_pem, creds_out.as_deref())?;
             let reply = ask(client, AccessRequest::UserToken { name, revoke_all }).await?;
             token_out(ca_pem, json, reply, creds_out.as_deref())?;
         }

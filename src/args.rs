@@ -79,20 +79,30 @@ pub enum RoleCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum BucketCmd {
+    /// Creates a bucket (exit code 8 if it exists, unless --if-absent).
     Create {
+        /// The bucket's name: 1 to 64 of a-z, 0-9, '_' and '-', starting with a letter or digit.
         name: String,
+        /// Succeed (and say so) when the bucket exists already.
+        #[arg(long)]
+        if_absent: bool,
     },
+    /// Every bucket, its state and its record counts.
     List,
+    /// Drops a bucket and everything in it.
     Drop {
+        /// The bucket to drop.
         name: String,
     },
     /// State, live records and tombstones, and the bucket's last (or running) pause or resume.
     Status {
+        /// The bucket.
         name: String,
     },
     /// Pauses a bucket to an archive: exports it, verifies the archive, then drops its data.
     /// Reads and writes answer "bucket paused" until it is resumed.
     Pause {
+        /// The bucket to pause.
         name: String,
         /// Where the archive goes: a directory (`file:///dir` or a plain path), or
         /// `s3://bucket/prefix` in a build with the `s3` feature.
@@ -104,6 +114,7 @@ pub enum BucketCmd {
     },
     /// Resumes a paused bucket from its archive, with every record and revision it had.
     Resume {
+        /// The paused bucket.
         name: String,
         /// The archive's location if its objects were moved since the pause.
         #[arg(long)]
@@ -188,6 +199,9 @@ pub enum ClientCmd {
     Backup {
         /// Where the backup goes (written as FILE.partial until it is whole).
         file: std::path::PathBuf,
+        /// Replace FILE if it exists (without it, an existing FILE is refused, exit code 8).
+        #[arg(long)]
+        force: bool,
     },
     /// Makes a new node's data dir from a backup, offline: start it with `serve`, then add
     /// nodes with `serve --join`. Records keep their revisions, and new writes get higher ones.

@@ -1,7 +1,7 @@
 //! The client and admin commands of `metakv`: they talk to any node of a running cluster.
 //!
-//! Exit codes: 0 success; 2 usage error (clap); 3 key or bucket not found; 4 expectation
-//! failed; 5 bucket paused; 1 any other error. Errors are one line on stderr.
+//! Exit codes: the README's table (enforced by `tests/cli.rs`, `exit_codes_follow_the_readme`).
+//! Errors are one line on stderr.
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -24,8 +24,10 @@ pub struct Fail(pub u8, pub String);
 impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
         let code = match e.rejection_kind() {
-            Some(RejectionKind::BucketNotFound) => 3,
-            Some(RejectionKind::BucketPaused) => 5,
+            Some(RejectionKind::Invalid) => 2,
+            Some(RejectionKind::BucketNotFound | RejectionKind::NotFound) => 3,
+            Some(RejectionKind::BucketPaused | RejectionKind::BucketState) => 5,
+            Some(RejectionKind::BucketExists | RejectionKind::Exists) => 8,
             _ if matches!(e, Error::Denied { .. }) => 6,
             _ if matches!(e, Error::Ambiguous { .. }) => 7,
             _ => 1,
@@ -37,6 +39,13 @@ impl From<Error> for Fail {
             );
         }
         Fail(code, message)
+    }
+}
+
+impl Fail {
+    /// The same failure, its message after `doing: `.
+    pub fn doing(self, doing: &str) -> Fail {
+        Fail(self.0, format!("{doing}: {}", self.1))
     }
 }
 
@@ -164,6 +173,7 @@ fn kind_of(code: u8) -> &'static str {
         5 => "bucket_paused",
         6 => "not_authorised",
         7 => "outcome_unknown",
+        8 => "exists",
         _ => "failed",
     }
 }
@@ -213,7 +223,9 @@ async fn command(
             ..
         } => maintenance::compact_offline(&dir, json)?,
         ClientCmd::Compact { node, .. } => maintenance::compact_live(client, node, json).await?,
-        ClientCmd::Backup { file } => maintenance::backup(client, &file, json).await?,
+        ClientCmd::Backup { file, force } => {
+            maintenance::backup(client, &file, force, json).await?
+        }
         ClientCmd::Restore {
             file,
             data_dir,
@@ -649,12 +661,15 @@ async fn cluster_command(client: &Client, json: bool, cmd: ClusterCmd) -> Result
 /// `bucket create`, `drop`, `list`, `status`, `pause`, `resume`.
 async fn bucket_command(client: &Client, json: bool, cmd: BucketCmd) -> Result<(), Fail> {
     match cmd {
-        BucketCmd::Create { name } => {
-            client.create_bucket(&name).await?;
-            if json {
-                outln!("{}", json!({"bucket": name}))
-            } else {
-                outln!("bucket {name} created")
+        BucketCmd::Create { name, if_absent } => {
+            let created = match if_absent {
+                true => client.create_bucket_if_absent(&name).await?,
+                false => client.create_bucket(&name).await.map(|()| true)?,
+            };
+            match (json, created) {
+                (true, _) => outln!("{}", json!({"bucket": name, "created": created})),
+                (false, true) => outln!("bucket {name} created"),
+                (false, false) => outln!("bucket {name} exists already"),
             }
         }
         BucketCmd::Drop { name } => {

@@ -204,7 +204,7 @@ pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) ->
     if let Some(id) = only
         && targets.is_empty()
     {
-        return Err(Fail(1, format!("compact: node {id} is not a member")));
+        return Err(Fail(3, format!("compact: node {id} is not a member")));
     }
     targets.sort();
     let progress = crate::progress::Progress::bar(targets.len() as u64, "nodes");
@@ -215,7 +215,7 @@ pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) ->
             .via(&addr)
             .compact_node()
             .await
-            .map_err(|e| Fail(1, format!("compact: node {id} ({addr}): {e}")))?;
+            .map_err(|e| Fail::from(e).doing(&format!("compact: node {id} ({addr})")))?;
         progress.inc(1);
         if !json_out {
             outln!(
@@ -237,7 +237,16 @@ pub async fn compact_live(client: &Client, only: Option<u64>, json_out: bool) ->
 }
 
 /// Pulls a backup of the whole store into `file`, with its progress on stderr.
-pub async fn backup(client: &Client, file: &Path, json_out: bool) -> Result<(), Fail> {
+pub async fn backup(client: &Client, file: &Path, force: bool, json_out: bool) -> Result<(), Fail> {
+    if !force && file.symlink_metadata().is_ok() {
+        return Err(Fail(
+            8,
+            format!(
+                "backup: {} exists; pass --force to replace it, or name another file",
+                file.display()
+            ),
+        ));
+    }
     let progress = std::cell::OnceCell::new();
     let info = client
         .backup(file, |done, len| {
@@ -246,7 +255,7 @@ pub async fn backup(client: &Client, file: &Path, json_out: bool) -> Result<(), 
                 .bytes_at("backup", done, len)
         })
         .await
-        .map_err(|e| Fail(1, format!("backup: {e}")))?;
+        .map_err(|e| Fail::from(e).doing("backup"))?;
     if let Some(p) = progress.get() {
         p.finish();
     }
@@ -314,7 +323,10 @@ pub fn restore(
     let restored =
         metakv_raft::restore::restore_node(dir, reading, id, advertise).map_err(|e| {
             Fail(
-                1,
+                match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => 8,
+                    _ => 1,
+                },
                 format!(
                     "{e} (backup {}, data dir {})",
                     file.display(),

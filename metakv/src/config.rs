@@ -126,6 +126,19 @@ impl NodeConfig {
             Ok(())
         };
         at_least("id", self.id, 1)?;
+        for (key, addr) in [
+            ("listen", Some(&self.listen)),
+            ("advertise", self.advertise.as_ref()),
+        ] {
+            let Some(addr) = addr else { continue };
+            let port = addr.rsplit_once(':').filter(|(host, _)| !host.is_empty());
+            if port.is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{key} {addr:?} is not host:port (for example 127.0.0.1:7379)"),
+                ));
+            }
+        }
         // It names the cluster in every certificate (`metakv://<cluster id>/...`).
         let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         if self.cluster_id.is_empty()

@@ -15,7 +15,10 @@ pub enum Error {
     Unavailable(String),
     /// The node asked is not the leader (and was asked not to forward); `leader` is the one
     /// it knows of. Safe to retry elsewhere: nothing was proposed.
-    #[error("node is not the leader (leader: {leader:?})")]
+    #[error("node is not the leader ({})", match leader {
+        Some(id) => format!("node {id} leads"),
+        None => "no leader known".to_owned(),
+    })]
     NotLeader { leader: Option<u64> },
     /// Another operation holds what this one needs (a GC job already running); try later.
     #[error("busy: {0}")]
@@ -60,8 +63,12 @@ impl Error {
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Error {
+        Error::rejected(RejectionKind::Invalid, message)
+    }
+
+    pub(crate) fn rejected(kind: RejectionKind, message: impl Into<String>) -> Error {
         Error::Rejected(Rejection {
-            kind: RejectionKind::Invalid,
+            kind,
             message: message.into(),
         })
     }

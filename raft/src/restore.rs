@@ -67,14 +67,17 @@ pub fn restore_node(dir: &Path, backup: impl Read, id: u64, addr: &str) -> io::R
         .into_iter()
         .find(|name| dir.join(name).exists())
     {
-        return Err(fail(
-            "checking the data dir",
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
             format!(
-                "{} already holds {name}; a restore makes a new node's files in an empty data dir",
+                "restore: checking the data dir: {} already holds {name}; a restore makes a new \
+                 node's files in an empty data dir",
                 dir.display()
             ),
         ));
     }
+    // A refused restore leaves no data dir it made (an empty one would look like a node's).
+    let made = !dir.exists();
     metakv_store::private::create_dir_all(dir).map_err(|e| fail("creating the data dir", e))?;
     write_durably(
         &dir.join(PARTIAL),
@@ -100,6 +103,9 @@ pub fn restore_node(dir: &Path, backup: impl Read, id: u64, addr: &str) -> io::R
             std::fs::remove_dir_all(dir.join(SNAPSHOT_DIR)).ok();
             std::fs::remove_file(dir.join(RESTORED)).ok();
             std::fs::remove_file(dir.join(PARTIAL)).ok();
+            if made {
+                std::fs::remove_dir_all(dir).ok();
+            }
             Err(e)
         }
     }

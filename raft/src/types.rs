@@ -92,6 +92,10 @@ pub enum RejectionKind {
     Corrupt,
     /// The entry's revision is not above the last applied one (a re-applied entry).
     Stale,
+    /// What the request names does not exist: a user, a role, a member node.
+    NotFound,
+    /// What the request would create exists already: a user, a role.
+    Exists,
 }
 
 impl Rejection {

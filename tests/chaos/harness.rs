@@ -787,6 +787,8 @@ async fn remove(nodes: &Nodes, id: u64) -> Result<(), String> {
     for _ in 0..40 {
         match client.remove_node(id).await {
             Ok(()) => return Ok(()),
+            // An earlier attempt removed it and its answer was lost.
+            Err(e) if e.rejection_kind() == Some(metakv::RejectionKind::NotFound) => return Ok(()),
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -25,6 +25,22 @@ pub trait Kv {
         .map(|_| ())
     }
 
+    /// Creates `bucket` unless it exists: `true` if this call created it. Safe to call at
+    /// every start of an application, and to retry.
+    ///
+    /// # Errors
+    ///
+    /// As [`Kv::create_bucket`], except that a bucket that exists already is `Ok(false)`.
+    async fn create_bucket_if_absent(&self, bucket: &str) -> Result<bool> {
+        match self.create_bucket(bucket).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.rejection_kind() == Some(metakv_raft::RejectionKind::BucketExists) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn drop_bucket(&self, bucket: &str) -> Result<Applied> {
         self.write(Op::DropBucket {
             bucket: bucket.to_owned(),

@@ -15,6 +15,7 @@
 //! the leader with compare-and-set writes, so two admins' changes to one user cannot lose
 //! each other.
 
+use metakv_raft::RejectionKind;
 use metakv_raft::secure::Peer;
 use metakv_raft::server::{Caller, RefusalLog};
 use metakv_store::{Expect, Op, SYS_BUCKET, Scan};
@@ -410,18 +411,24 @@ impl Node {
 
     async fn existing_user(&self, name: &str) -> Result<(UserRecord, u64)> {
         check_name("user", name)?;
+        if name == ADMIN {
+            return Err(Error::invalid(
+                "user \"admin\" is built in (the admin credential) and cannot be changed",
+            ));
+        }
         self.user_record(name)
             .await?
-            .ok_or_else(|| Error::invalid(format!("no user {name:?}")))
+            .ok_or_else(|| Error::rejected(RejectionKind::NotFound, format!("no user {name:?}")))
     }
 
     async fn check_roles(&self, roles: &[String]) -> Result<()> {
         for role in roles {
             check_name("role", role)?;
             if self.role_grants(role).await?.is_none() {
-                return Err(Error::invalid(format!(
-                    "no role {role:?} (`metakv role add {role} ...` first)"
-                )));
+                return Err(Error::rejected(
+                    RejectionKind::NotFound,
+                    format!("no role {role:?} (`metakv role add {role} ...` first)"),
+                ));
             }
         }
         Ok(())
@@ -436,7 +443,10 @@ impl Node {
         }
         self.check_roles(&roles).await?;
         if self.user_record(name).await?.is_some() {
-            return Err(Error::invalid(format!("user {name:?} exists already")));
+            return Err(Error::rejected(
+                RejectionKind::Exists,
+                format!("user {name:?} exists already"),
+            ));
         }
         let (token, hash) = draw_token(name)?;
         let mut roles = roles;
@@ -526,9 +536,10 @@ impl Node {
         } else if let Some(i) = record.roles.iter().position(|r| r == role) {
             record.roles.remove(i);
         } else {
-            return Err(Error::invalid(format!(
-                "user {name:?} does not hold role {role:?}"
-            )));
+            return Err(Error::rejected(
+                RejectionKind::NotFound,
+                format!("user {name:?} does not hold role {role:?}"),
+            ));
         }
         self.put_user(name, &record, Expect::Rev(rev)).await?;
         Ok(AccessReply::Done)
@@ -552,7 +563,10 @@ impl Node {
         })
         .await
         .map_err(|e| match e {
-            Error::Busy(_) => Error::invalid(format!("role {name:?} exists already")),
+            Error::Busy(_) => Error::rejected(
+                RejectionKind::Exists,
+                format!("role {name:?} exists already"),
+            ),
             e => e,
         })?;
         Ok(AccessReply::Done)
@@ -588,7 +602,10 @@ impl Node {
             return Err(Error::invalid("role \"admin\" is built in"));
         }
         let Some((_, rev)) = self.role_grants(name).await? else {
-            return Err(Error::invalid(format!("no role {name:?}")));
+            return Err(Error::rejected(
+                RejectionKind::NotFound,
+                format!("no role {name:?}"),
+            ));
         };
         self.change_access(Op::Delete {
             bucket: SYS_BUCKET.into(),

@@ -254,6 +254,12 @@ impl Node {
             Ok(turn) => turn,
             Err(e) => return Ok(Err(e)),
         };
+        if matches!(self.standing(id), Standing::Absent) && !self.joint() {
+            return Ok(Err(Error::rejected(
+                metakv_raft::RejectionKind::NotFound,
+                format!("node {id} is not a member of this cluster; nothing was removed"),
+            )));
+        }
         self.change(
             ChangeMembers::RemoveVoters(BTreeSet::from([id])),
             |s| !matches!(s, Standing::Voter(_)),

@@ -8,10 +8,19 @@ pub enum ClusterCmd {
     Status,
     /// The members and their addresses.
     Members,
-    /// Adds node ID at ADDR (learner first, then voter once caught up).
-    AddNode { id: u64, addr: String },
-    /// Removes node ID from the voters.
-    RemoveNode { id: u64 },
+    /// Adds node ID at ADDR (learner first, then voter once caught up). A new node of a
+    /// secure cluster joins by itself instead: `serve --join ADDR --token TOKEN`.
+    AddNode {
+        /// The new node's id.
+        id: u64,
+        /// The address it serves on (host:port).
+        addr: String,
+    },
+    /// Removes node ID from the cluster (exit code 3 if it is not a member).
+    RemoveNode {
+        /// The member to remove.
+        id: u64,
+    },
     /// Prints a join token: a new node joins with `metakv serve --join ADDR --token TOKEN`
     /// and receives its certificate. The token is shown once; it works once, until it expires.
     JoinToken {
@@ -28,6 +37,7 @@ pub enum ClusterCmd {
 pub enum UserCmd {
     /// Adds user NAME and prints its token (shown once; only its hash is kept).
     Add {
+        /// The user's name: 1 to 64 letters, digits, '_' or '-'.
         name: String,
         /// A role to hold (repeat for more).
         #[arg(long = "role", value_name = "ROLE")]
@@ -39,9 +49,13 @@ pub enum UserCmd {
     /// Every user, its roles and how many tokens it has.
     List,
     /// Removes user NAME: its tokens stop working at once.
-    Remove { name: String },
+    Remove {
+        /// The user to remove.
+        name: String,
+    },
     /// Prints a new token for user NAME.
     Token {
+        /// The user.
         name: String,
         /// The user's other tokens stop working.
         #[arg(long)]
@@ -51,15 +65,26 @@ pub enum UserCmd {
         creds_out: Option<std::path::PathBuf>,
     },
     /// Gives user NAME role ROLE.
-    Grant { name: String, role: String },
+    Grant {
+        /// The user.
+        name: String,
+        /// The role it gets.
+        role: String,
+    },
     /// Takes role ROLE from user NAME.
-    Revoke { name: String, role: String },
+    Revoke {
+        /// The user.
+        name: String,
+        /// The role it loses.
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RoleCmd {
     /// Adds role NAME: BUCKET is a bucket name or `*` (every bucket).
     Add {
+        /// The role's name: 1 to 64 letters, digits, '_' or '-'.
         name: String,
         /// Read (get, ls, watch, bucket status) on BUCKET (repeat for more).
         #[arg(long, value_name = "BUCKET")]
@@ -74,7 +99,10 @@ pub enum RoleCmd {
     /// Every role and what it grants.
     List,
     /// Removes role NAME (users that hold it lose what it granted at once).
-    Remove { name: String },
+    Remove {
+        /// The role to remove.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +170,7 @@ pub enum GcCmd {
     },
     /// The running job and the last jobs' records, newest first.
     Status {
+        /// How many of the last jobs to show.
         #[arg(long, default_value_t = 5)]
         limit: u32,
     },
@@ -180,16 +209,21 @@ pub enum ClientCmd {
     /// Of the node at --endpoint while it runs (its requests wait meanwhile), or with
     /// --data-dir of a stopped node's files. Exit 1 with every problem listed.
     Check {
+        /// A stopped node's data dir: check its files (the state and the Raft log), asking no
+        /// node.
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
     },
     /// Compaction (a rebuild of the state file): of every node, one at a time, followers
     /// first; of one with --node; or with --offline --data-dir of a stopped node's files.
     Compact {
+        /// Only this member (exit code 3 if it is not one).
         #[arg(long, conflicts_with = "offline")]
         node: Option<u64>,
+        /// A stopped node's files, with --data-dir (no node is asked).
         #[arg(long, requires = "data_dir")]
         offline: bool,
+        /// The stopped node's data dir (with --offline).
         #[arg(long, requires = "offline")]
         data_dir: Option<std::path::PathBuf>,
     },
@@ -230,9 +264,13 @@ pub enum ClientCmd {
     Bucket(BucketCmd),
     /// Writes VALUE (or --file, or standard input) under KEY.
     Put {
+        /// The bucket.
         bucket: String,
+        /// The key (1 to 1,024 bytes).
         key: String,
+        /// The value; without it, --file or standard input.
         value: Option<String>,
+        /// Read the value from this file.
         #[arg(long, conflicts_with = "value")]
         file: Option<std::path::PathBuf>,
         /// Only if the key's current revision is N.
@@ -244,7 +282,9 @@ pub enum ClientCmd {
     },
     /// Prints KEY's record: a linearizable read through the leader, or --local.
     Get {
+        /// The bucket.
         bucket: String,
+        /// The key.
         key: String,
         /// This node's copy, without asking the leader (may be stale).
         #[arg(long)]
@@ -252,7 +292,9 @@ pub enum ClientCmd {
     },
     /// Deletes KEY, leaving a tombstone (watchers and compare-and-set see it).
     Del {
+        /// The bucket.
         bucket: String,
+        /// The key.
         key: String,
         /// Only if the key's current revision is N.
         #[arg(long)]
@@ -260,7 +302,9 @@ pub enum ClientCmd {
     },
     /// Lists records in key order.
     Ls {
+        /// The bucket.
         bucket: String,
+        /// Only keys that start with this.
         #[arg(long, default_value = "")]
         prefix: String,
         /// Lists at most this many records (and says on stderr when more follow)
@@ -273,6 +317,7 @@ pub enum ClientCmd {
     },
     /// Prints changes as they happen (one line each), from revision --from-rev on.
     Watch {
+        /// The bucket.
         bucket: String,
         /// Only keys that start with this.
         #[arg(long, default_value = "")]

@@ -213,6 +213,19 @@ async fn command(
     json: bool,
     cmd: ClientCmd,
 ) -> Result<(), Fail> {
+    if let ClientCmd::Get { bucket, .. }
+    | ClientCmd::Ls { bucket, .. }
+    | ClientCmd::Watch { bucket, .. } = &cmd
+        && bucket == metakv::store::SYS_BUCKET
+    {
+        return Err(Fail(
+            2,
+            format!(
+                "bucket {bucket} holds metakv's own records, sealed: see them with `user list`, \
+                 `role list`, `cluster members`, `gc status` and `bucket status BUCKET`"
+            ),
+        ));
+    }
     match cmd {
         ClientCmd::Check {
             data_dir: Some(dir),

@@ -160,14 +160,6 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<NodeConfig, String> {
     c.join_token = flags.token;
     c.hibernation.archive_roots = file.hibernation.archive_roots.clone().unwrap_or_default();
     c.hibernation.archive_roots.extend(flags.archive_roots);
-    for root in &c.hibernation.archive_roots {
-        if !root.starts_with("s3://") && !std::path::Path::new(root).is_absolute() {
-            return Err(format!(
-                "config: hibernation.archive_roots: {root:?} is not an absolute directory or \
-                 s3://bucket/prefix"
-            ));
-        }
-    }
     if flags.insecure || file.insecure == Some(true) {
         c.security = metakv::Security::Insecure;
     }

@@ -61,8 +61,8 @@ enum Command {
     /// Run a node. With no flags: node 1 in ./metakv-data on 127.0.0.1:7379, a single-node
     /// cluster initialized on first start.
     Serve {
-        /// A TOML file with any of these settings and more (see `src/config.rs` or the
-        /// README's configuration reference); flags override it.
+        /// A TOML file with any of these settings and more (the README's "Configuration
+        /// file" lists every key); flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
         /// This node's id [default: 1].
@@ -212,7 +212,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("metakv: {e}");
-            ExitCode::FAILURE
+            // A library error keeps its code (the README's table); anything else is 1.
+            match e.downcast_ref::<metakv::Error>() {
+                Some(e) => ExitCode::from(cli::Fail::from(e.clone()).0),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -295,5 +299,45 @@ fn scratch() -> &'static std::sync::Mutex<Option<PathBuf>> {
 pub(crate) fn remove_on_early_exit(dir: &std::path::Path) {
     if let Ok(mut d) = scratch().lock() {
         *d = Some(dir.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command, argument and option has a line of help, and none points at a source
+    /// file (`--help` is what a user reads).
+    #[test]
+    fn every_command_argument_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name()).trim().to_owned();
+            if cmd.get_about().is_none() {
+                missing.push(format!("`{path}` has no help"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default()
+                    + &arg
+                        .get_long_help()
+                        .map(|h| h.to_string())
+                        .unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("`{path}`: {id} has no help"));
+                }
+                if help.contains("src/") {
+                    missing.push(format!("`{path}`: {id}'s help points at a source file"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 }

@@ -48,11 +48,7 @@ pub(crate) fn job_json(r: &JobRecord) -> Value {
         GcOutcome::Succeeded => ("succeeded", None),
         GcOutcome::Failed { reason } => ("failed", Some(reason.clone())),
     };
-    let trigger = match r.trigger {
-        metakv::gc_engine::Trigger::Timer => "timer",
-        metakv::gc_engine::Trigger::Threshold { .. } => "threshold",
-        metakv::gc_engine::Trigger::Demand => "demand",
-    };
+    let trigger = trigger_name(&r.trigger).0;
     let nodes: Vec<Value> = r
         .members
         .iter()
@@ -102,16 +98,27 @@ pub(crate) fn outcome(o: &GcOutcome) -> String {
     }
 }
 
+/// What started a GC job: (its JSON name, a phrase).
+fn trigger_name(t: &metakv::gc_engine::Trigger) -> (&'static str, &'static str) {
+    match t {
+        metakv::gc_engine::Trigger::Timer => ("timer", "started by the timer"),
+        metakv::gc_engine::Trigger::Threshold { .. } => {
+            ("threshold", "started at the tombstone threshold")
+        }
+        metakv::gc_engine::Trigger::Demand => ("demand", "started on demand"),
+    }
+}
+
 pub(crate) fn print_job(r: &JobRecord) {
     let took = r.finished_ms.map_or(String::new(), |f| {
         format!(", took {} ms", f.saturating_sub(r.started_ms))
     });
     outln!(
-        "job {}{}  {}  ({:?} on leader {}, min age {} ms{took})",
+        "job {}{}  {}  ({}, on leader {}, min age {} ms{took})",
         r.id,
         if r.dry_run { " (dry run)" } else { "" },
         outcome(&r.outcome),
-        r.trigger,
+        trigger_name(&r.trigger).1,
         r.leader,
         r.min_age_ms
     );

@@ -141,6 +141,13 @@ async fn roles_grant_reads_writes_and_administration_per_bucket_on_every_node() 
             .put("config", b"k", b"v", Expect::Any)
             .await
             .unwrap();
+        // `*` is every bucket of the user's, not metakv's own records.
+        denied(
+            as_user(&bob2, addr)
+                .get(metakv::store::SYS_BUCKET, b"user/bob")
+                .await
+                .unwrap_err(),
+        );
         let e = denied(as_user(&bob, addr).get("users", b"bob").await.unwrap_err());
         assert!(e.contains("unknown, revoked"), "{e}");
     }

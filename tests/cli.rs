@@ -1070,6 +1070,19 @@ fn users_and_roles_from_the_command_line() {
     assert!(err.contains("unknown, revoked"), "{err}");
     ok(&["user", "remove", "ada"]);
     assert!(!ok(&["user", "list"]).contains("ada"));
+    // The token's secret is in no log and no backup (the cluster keeps its hash only).
+    let backup = dir.path().join("all.backup");
+    ok(&["backup", backup.to_str().unwrap()]);
+    let secret = token.rsplit('.').next().unwrap().as_bytes();
+    for file in [backup, dir.path().join("node1.log")] {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.is_empty(), "{}", file.display());
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret),
+            "{} holds the token's secret",
+            file.display()
+        );
+    }
 }
 
 /// `watch` follows changes from now by default (as etcdctl's does), so it works after GC has
@@ -1367,6 +1380,9 @@ fn bad_input_to_the_access_commands_changes_nothing() {
     let no_dir = dir.path().join("no/such/dir.creds");
     let no_dir = no_dir.to_str().unwrap();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["ls", "_sys"], 2, "metakv's own records"),
+        (vec!["get", "_sys", "user/ada"], 2, "user list"),
+        (vec!["watch", "_sys"], 2, "role list"),
         (vec!["user", "add", "bad name"], 2, "letters, digits"),
         (vec!["user", "add", ""], 2, "letters, digits"),
         (vec!["user", "add", &long], 2, "1 to 64"),

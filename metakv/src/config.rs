@@ -41,6 +41,7 @@ pub enum Security {
 /// How a node runs. [`NodeConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// The node's id: 1 or more, unique in the cluster, kept with its data dir.
     pub id: u64,
     /// Holds `state.redb`, `raft-log.redb` and `snapshots/`. Created if missing.
     pub data_dir: PathBuf,
@@ -59,10 +60,16 @@ pub struct NodeConfig {
     pub join_token: Option<String>,
     /// How connections are secured: TLS with the cluster's certificates (the default), or not.
     pub security: Security,
+    /// The largest value a client may write (1 MiB by default; at most 64 MiB, which every
+    /// node applies).
     pub value_bytes_max: usize,
+    /// redb's page cache for the state file.
     pub cache_bytes: usize,
+    /// How often the leader sends heartbeats.
     pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range stands for election.
     pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
     pub election_timeout_max_ms: u64,
     /// A snapshot is taken after this many log entries since the last one, each member at its
     /// own phase so that they do not all build at once...
@@ -85,6 +92,9 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Node `id` with its files in `data_dir`, listening on `listen` (port 0: any free port),
+    /// and every other setting at its default: TLS, cluster id `metakv`, no join, no archive
+    /// roots (pauses refused).
     pub fn new(id: u64, data_dir: impl Into<PathBuf>, listen: impl Into<String>) -> NodeConfig {
         NodeConfig {
             id,
@@ -114,7 +124,15 @@ impl NodeConfig {
 
 impl NodeConfig {
     /// Checks every setting; the error names the setting (as the config file spells it) and
-    /// what is wrong with it. [`Node::start`](crate::Node::start) runs this before it touches the data dir.
+    /// what is wrong with it. [`Node::start`](crate::Node::start) runs this before it touches
+    /// the data dir.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting out of range: an id of 0, a cluster id
+    /// that is not 1 to 64 of `[A-Za-z0-9._-]`, a `listen` or `advertise` that is not
+    /// `host:port`, limits or timings out of their ranges, an archive root that is not
+    /// absolute.
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         let at_least = |key: &'static str, v: u64, min: u64| {
             if v < min {
@@ -179,6 +197,20 @@ impl NodeConfig {
             // polls; a second is the least that leaves it room.
             1_000,
         )?;
+        for root in &self.hibernation.archive_roots {
+            let s3 = root
+                .strip_prefix("s3://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            if !s3 && !std::path::Path::new(root).is_absolute() {
+                return Err(ConfigError::new(
+                    "hibernation.archive_roots",
+                    format!(
+                        "hibernation.archive_roots: {root:?} is not an absolute directory or \
+                         s3://bucket/prefix"
+                    ),
+                ));
+            }
+        }
         at_least("raft.heartbeat (ms)", self.heartbeat_ms, 1)?;
         if self.election_timeout_min_ms >= self.election_timeout_max_ms
             || self.heartbeat_ms >= self.election_timeout_min_ms

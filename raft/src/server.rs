@@ -4,7 +4,7 @@
 //! [`Hello`] with this cluster's id and protocol version within [`HANDSHAKE_TIMEOUT`], or it is
 //! refused with the reason and closed. A connection speaks for a node only if its hello names
 //! one and, under TLS, its certificate names the same node. Its requests are checked against
-//! this node's membership on every request ([`admitted`]): votes, leadership transfers and
+//! this node's membership on every request (`admitted`): votes, leadership transfers and
 //! service calls only from a member; entries and snapshots from any node but one seen to be
 //! removed (the leader may be a node this node has not heard of yet). A removed member is
 //! refused from the moment its removal is in the log here, though its certificate has not
@@ -48,7 +48,7 @@ pub const REFUSAL_LINES_PER_SECOND_MAX: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// Open connections at most. At the limit a new connection closes one that has not
-    /// finished its handshake, or one idle for [`EVICT_IDLE_MIN`] or more; else it is refused.
+    /// finished its handshake, or one idle for `EVICT_IDLE_MIN` (a second) or more; else it is refused.
     pub connections_max: usize,
     /// A connection that sends no request for this long is closed. A request under way (a
     /// watch's long poll) is not idle.

@@ -6,7 +6,7 @@
 //! is synchronous and knows nothing of Raft: run it on a blocking thread.
 //!
 //! - Records are sealed (format version, postcard, crc32) and checked on every read:
-//!   [`record`](crate::record), [`codec`](crate::codec).
+//!   [`record`], [`codec`].
 //! - Deletes leave tombstones, indexed so that collecting them costs O(tombstones):
 //!   [`ReadView::tombstones`]; [`Op::Purge`] removes them under a guard.
 //! - A changes feed per bucket: [`ReadView::changes`], `Compacted` below the purge floor.

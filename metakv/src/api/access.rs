@@ -85,7 +85,12 @@ impl ClientRequest {
             | ClientRequest::Scan { bucket, .. }
             | ClientRequest::Changes { bucket, .. }
             | ClientRequest::Bucket { bucket, .. }
-            | ClientRequest::Hibernation { bucket } => Need::Read(bucket.clone()),
+            | ClientRequest::Hibernation { bucket } => match bucket.as_str() {
+                // metakv's own records (users and their token hashes, roles, join tokens):
+                // not part of `*`.
+                metakv_store::SYS_BUCKET => Need::Admin,
+                _ => Need::Read(bucket.clone()),
+            },
             ClientRequest::Buckets { .. } => Need::Read(ALL_BUCKETS.to_owned()),
             ClientRequest::Status | ClientRequest::ClusterStatus => Need::User,
             ClientRequest::Join { .. }

@@ -356,7 +356,7 @@ impl Node {
             Err(e) => e,
         };
         if denials.allow() {
-            tracing::warn!(peer = %caller.peer, op = request.name(), bucket = ?request_bucket(request), error = %verdict, "denied");
+            tracing::warn!(peer = %caller.peer, op = request.name(), bucket = request_bucket(request).unwrap_or("-"), error = %verdict, "denied");
         }
         Err(verdict)
     }

@@ -364,6 +364,25 @@ impl Node {
     /// A data dir belongs to the node that first started on it: another `id` or `cluster_id`
     /// is refused (`Rejected`, kind `Invalid`, naming both) before anything in it is opened
     /// for writing.
+    ///
+    /// ```no_run
+    /// # async fn run() -> metakv::Result<()> {
+    /// use metakv::{Kv, Node, NodeConfig};
+    /// let node = Node::start(NodeConfig::new(1, "data/node1", "127.0.0.1:7379")).await?;
+    /// node.create_bucket_if_absent("users").await?;
+    /// node.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - `Rejected` (kind `Invalid`): a setting out of range ([`NodeConfig::validate`]), a
+    ///   data dir of another node or cluster, a dir that ran without TLS started with it, a
+    ///   join token refused by the cluster (expired, used, revoked, of another CA).
+    /// - `Unavailable`: the address cannot be bound, or the member to join did not answer
+    ///   within six `request_timeout`s.
+    /// - `Storage`: the files cannot be opened or created, or a restore into the dir was cut
+    ///   short.
     pub async fn start(config: NodeConfig) -> Result<Node> {
         config
             .validate()
@@ -545,7 +564,8 @@ impl Node {
         self.set_own_address(addr.clone())
             .await
             .map_err(|e| unavailable(&e))?;
-        tracing::info!(id, %addr, was = ?recorded, "recorded this node's address");
+        let was = recorded.as_deref().unwrap_or("none");
+        tracing::info!(id, %addr, was, "recorded this node's address");
         Ok(())
     }
 
@@ -598,6 +618,7 @@ impl Node {
         }
     }
 
+    /// This node's id.
     pub fn id(&self) -> u64 {
         self.inner.core.id
     }
@@ -627,17 +648,21 @@ impl Node {
         }
     }
 
-    /// The openraft handle, for what the facade does not wrap.
+    /// The openraft handle, for what the facade does not wrap (metrics, for instance).
     pub fn raft(&self) -> &Raft {
         &self.inner.core.raft
     }
 
-    /// The node's store (its local copy).
+    /// The node's store: its local copy, as it has applied the log. Reading it directly is a
+    /// [`Consistency::Local`](crate::Consistency::Local) read; writing it directly would
+    /// bypass replication, so write through [`Kv`](crate::Kv).
     pub fn store(&self) -> &SharedStore {
         &self.inner.core.store
     }
 
-    /// Stops Raft and the listener; the files are closed when the last clone is dropped.
+    /// Stops Raft and the listener, and waits (10 s at most) until the files are no longer in
+    /// use; they are closed when the last clone is dropped. Requests still running fail with
+    /// `Unavailable`.
     pub async fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
         if let Err(e) = self.inner.core.raft.shutdown().await {

@@ -467,7 +467,10 @@ impl Node {
     }
 
     /// Whether this node's copy holds `limits.buckets_max` buckets (`_sys` not counted).
+    /// Counted on the leader only (a follower passes the create on): a follower's copy may
+    /// not have applied a drop the leader has acknowledged.
     async fn buckets_full(&self) -> std::result::Result<bool, Redirect> {
+        self.lead_here()?;
         let max = self.inner.core.config.buckets_max;
         let count = self
             .inner

@@ -18,6 +18,10 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Safe at every start of the application.
     node.create_bucket_if_absent("users").await?;
+    assert!(
+        !node.create_bucket_if_absent("users").await?,
+        "it exists now"
+    );
 
     // Create only if absent: the answer carries the record's revision.
     let Applied::Written { rev } = node.put("users", b"ada", b"admin", Expect::Absent).await?

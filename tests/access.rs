@@ -20,6 +20,16 @@ async fn token(admin: &Client, request: AccessRequest) -> String {
     }
 }
 
+async fn add_role(admin: &Client, name: &str, grants: Grants) {
+    admin
+        .access(AccessRequest::RoleAdd {
+            name: name.into(),
+            grants,
+        })
+        .await
+        .unwrap();
+}
+
 /// Waits until every node has applied what the leader has.
 async fn settle(cluster: &Cluster) {
     let leader = cluster.leader().await;
@@ -45,13 +55,7 @@ async fn roles_grant_reads_writes_and_administration_per_bucket_on_every_node() 
         ("writer", role(&["users"], &["users"])),
         ("everything", role(&["*"], &["*"])),
     ] {
-        admin
-            .access(AccessRequest::RoleAdd {
-                name: name.into(),
-                grants,
-            })
-            .await
-            .unwrap();
+        add_role(&admin, name, grants).await;
     }
     let ada = token(
         &admin,
@@ -90,6 +94,26 @@ async fn roles_grant_reads_writes_and_administration_per_bucket_on_every_node() 
         denied(ada.drop_bucket("users").await.unwrap_err());
         denied(ada.remove_node(2).await.unwrap_err());
         denied(ada.access(AccessRequest::UserList).await.unwrap_err());
+        // Nor any other administration: GC, compaction, checks, backups, pauses and
+        // resumes, membership, join tokens.
+        denied(ada.gc_run(false, Some(0)).await.unwrap_err());
+        denied(ada.gc_status(1).await.unwrap_err());
+        denied(ada.compact_node().await.unwrap_err());
+        denied(ada.check_node().await.unwrap_err());
+        denied(
+            ada.request(metakv::ClientRequest::BackupBegin)
+                .await
+                .unwrap_err(),
+        );
+        let archive = cluster.dir.path().join("archive").display().to_string();
+        denied(ada.start_pause("users", &archive).await.unwrap_err());
+        denied(ada.start_resume("users", None).await.unwrap_err());
+        denied(ada.add_node(9, "127.0.0.1:1").await.unwrap_err());
+        denied(
+            ada.join_token(std::time::Duration::from_secs(60))
+                .await
+                .unwrap_err(),
+        );
     }
     tracing::info!("--- a writer writes its bucket only");
     let bob_c = as_user(&bob, &addrs[1]);
@@ -310,13 +334,7 @@ async fn requests_for_a_user_are_authorised_where_they_are_answered() {
             },
         ),
     ] {
-        admin
-            .access(AccessRequest::RoleAdd {
-                name: name.into(),
-                grants,
-            })
-            .await
-            .unwrap();
+        add_role(&admin, name, grants).await;
     }
     let mut tokens = Vec::new();
     for (user, role) in [("ada", "reader"), ("olga", "ops"), ("oscar", "ops")] {

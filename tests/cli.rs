@@ -612,6 +612,17 @@ fn backup_then_restore_into_a_fresh_cluster() {
     let file = dir.path().join("users.backup");
     let (code, out, err) = cli(&n3.addr, &["--json", "backup", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
+    // A file that exists is not overwritten without --force (exit 8, the file unchanged).
+    let first = std::fs::read(&file).unwrap();
+    let (code, _, err) = cli(&n3.addr, &["backup", file.to_str().unwrap()]);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), first);
+    let forced = dir.path().join("forced.backup");
+    std::fs::write(&forced, b"old").unwrap();
+    let (code, _, err) = cli(&n3.addr, &["backup", "--force", forced.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::metadata(&forced).unwrap().len() > 3);
     let info = json(&out);
     assert_eq!(
         info["bytes"].as_u64(),
@@ -1485,4 +1496,61 @@ fn bad_input_to_the_access_commands_changes_nothing() {
     }
     assert_eq!(state(), before, "nothing changed");
     assert!(!dir.path().join("no").exists());
+}
+
+/// `bench` against a cluster: exactly `--ops` puts, into a bucket it makes for the run and
+/// drops afterwards (`--keep` keeps it); a bucket that exists already is refused (exit 8) and
+/// keeps what it holds. `--as-user` removes the user and role it made.
+#[test]
+fn bench_runs_exactly_its_ops_in_a_bucket_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::serve(dir.path(), 1, "127.0.0.1:0", None);
+    let addr = node.addr.as_str();
+    let (code, out, err) = cli(
+        addr,
+        &["bench", "--ops", "101", "--clients", "4", "--as-user"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" clients=4 ops=101 "), "{out}");
+    assert!(
+        err.contains("into bucket \"bench\"") && err.contains("dropped afterwards"),
+        "{err}"
+    );
+    assert!(!cli_ok(addr, &["bucket", "list"]).contains("bench"));
+    assert!(!cli_ok(addr, &["user", "list"]).contains("bench-"));
+    assert!(!cli_ok(addr, &["role", "list"]).contains("bench-"));
+    // More clients than puts: each put once, no client idle.
+    let (code, out, err) = cli(
+        addr,
+        &[
+            "bench",
+            "--ops",
+            "3",
+            "--clients",
+            "8",
+            "--bucket",
+            "b2",
+            "--keep",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" clients=3 ops=3 "), "{out}");
+    let (counts, _) = bucket_counts(addr, "b2");
+    assert_eq!(counts, ("active".to_owned(), 3, 0));
+    // An existing bucket: refused, untouched.
+    cli_ok(addr, &["bucket", "create", "mine"]);
+    cli_ok(addr, &["put", "mine", "k", "v"]);
+    let (code, _, err) = cli(addr, &["bench", "--ops", "10", "--bucket", "mine"]);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("exists"), "{err}");
+    let (counts, _) = bucket_counts(addr, "mine");
+    assert_eq!(counts, ("active".to_owned(), 1, 0));
+    // Bad numbers are usage errors.
+    for bad in [["--ops", "0"], ["--clients", "0"], ["--key-bytes", "8"]] {
+        let (code, _, err) = cli(addr, &["bench", bad[0], bad[1]]);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+    }
+    // `bucket create --if-absent` of an existing bucket succeeds and says so.
+    let out = cli_ok(addr, &["bucket", "create", "mine", "--if-absent"]);
+    assert!(out.contains("exists already"), "{out}");
 }

@@ -520,6 +520,9 @@ async fn the_log_and_the_state_store_survive_one_crash_together() {
     let mut rng = Rng::new(0x626f_7468);
     let config = || store_config(false);
     let (mut applied_lost, mut applied_kept) = (0, 0);
+    // The disks are in memory; the state machine's snapshot dir is removed with the test.
+    let snapshots = tempfile::tempdir().unwrap();
+    let temp_dir = || snapshots.path().to_owned();
     for crash in 0..crashes() {
         let (log_disk, state_disk) = (
             CrashDisk::new(Vec::new(), rng.next_u64()),
@@ -599,10 +602,6 @@ async fn the_log_and_the_state_store_survive_one_crash_together() {
          {applied_kept} reopened with some applied",
         crashes()
     );
-}
-
-fn temp_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join("metakv-crash-test-snapshots")
 }
 
 /// Appends `n` entries (the first creates the bucket) durably, then applies them; syncs the

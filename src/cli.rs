@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 pub use crate::args::{BucketCmd, ClientCmd, ClusterCmd, GcCmd, parse_duration_ms};
 use crate::maintenance;
 use crate::output::{
-    hibernation_json, hibernation_line, job_json, print_job, progress_line, record_json, role,
-    status_line,
+    count, hibernation_json, hibernation_line, job_json, print_job, progress_line, record_json,
+    role, status_line,
 };
 
 /// A failure with its exit code.
@@ -705,10 +705,10 @@ async fn bucket_command(client: &Client, json: bool, cmd: BucketCmd) -> Result<(
                     );
                 } else {
                     outln!(
-                        "{name:<32} {:<9} {:>10} records {:>10} tombstones",
+                        "{name:<32} {:<9} {:>18} {:>21}",
                         info.state.as_str(),
-                        info.records,
-                        info.tombstones
+                        count(info.records, "record"),
+                        count(info.tombstones, "tombstone")
                     );
                 }
             }
@@ -723,10 +723,10 @@ async fn bucket_command(client: &Client, json: bool, cmd: BucketCmd) -> Result<(
                 );
             } else {
                 outln!(
-                    "{name}: {}, {} records, {} tombstones, purge floor {}",
+                    "{name}: {}, {}, {}, purge floor {}",
                     info.state.as_str(),
-                    info.records,
-                    info.tombstones,
+                    count(info.records, "record"),
+                    count(info.tombstones, "tombstone"),
                     info.purge_floor
                 );
                 if let Some(line) = hibernation_line(&h) {
@@ -791,9 +791,9 @@ async fn hibernation_finish(
         let record = status.record.as_ref();
         let manifest = record.and_then(|r| r.manifest.as_ref());
         outln!(
-            "{bucket} {done} (op {op}): {} records, {} archive bytes, {}",
-            manifest.map_or(0, |m| m.records),
-            manifest.map_or(0, |m| m.bytes),
+            "{bucket} {done} (op {op}): {}, {} of archive, {}",
+            count(manifest.map_or(0, |m| m.records), "record"),
+            count(manifest.map_or(0, |m| m.bytes), "byte"),
             record.map_or(String::new(), |r| format!("{}/{}", r.archive, r.objects))
         );
     }

@@ -148,7 +148,7 @@ async fn cluster_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn s
          back and verified, then dropped on every node; reads now answer \"bucket paused\": {refused}",
         record.op,
         manifest.records,
-        crate::output::count(manifest.chunks.len(), "chunk"),
+        crate::output::count(manifest.chunks.len() as u64, "chunk"),
         bytes(manifest.bytes),
         archive.display(),
         record.objects
@@ -329,7 +329,7 @@ fn store_tour(dir: &std::path::Path, users: u32) -> Result<(), Box<dyn std::erro
     outln!(
         "  archive: exported {} records in {} ({}), read back and verified",
         summary.records,
-        crate::output::count(summary.chunks.len(), "chunk"),
+        crate::output::count(summary.chunks.len() as u64, "chunk"),
         bytes(summary.bytes)
     );
 

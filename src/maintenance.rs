@@ -1,6 +1,7 @@
 //! `check`, `compact`, `backup` and `restore`: on live nodes through the client API, or on a
 //! stopped (or new) node's files.
 
+use crate::output::count;
 use std::path::Path;
 
 use metakv::{Client, Kv, NodeCheck, Role};
@@ -60,10 +61,10 @@ fn print_check(
         outln!("{out}");
     } else {
         outln!(
-            "{what}: {} records checked, file {}, {} problems",
-            check.records,
+            "{what}: {} checked, file {}, {}",
+            count(check.records, "record"),
             check.file,
-            check.problems.len()
+            count(check.problems.len() as u64, "problem")
         );
         for p in &check.problems {
             outln!("  {p}");
@@ -268,9 +269,9 @@ pub async fn backup(client: &Client, file: &Path, force: bool, json_out: bool) -
         );
     } else {
         outln!(
-            "backup of {} buckets, {} records (revision {}, log index {}) from node {}: {} ({} bytes, crc {:08x})",
-            info.buckets,
-            info.records,
+            "backup of {}, {} (revision {}, log index {}) from node {}: {} ({} bytes, crc {:08x})",
+            count(info.buckets, "bucket"),
+            count(info.records, "record"),
             info.rev,
             info.applied,
             info.node,
@@ -344,11 +345,11 @@ pub fn restore(
         );
     } else {
         outln!(
-            "restored {} buckets, {} records (revision {}) into {} as node {id}; its log starts \
+            "restored {}, {} (revision {}) into {} as node {id}; its log starts \
              after index {start}. Start it with `metakv serve --id {id} --data-dir {}`, then \
              add nodes with `serve --join`.",
-            restored.buckets,
-            restored.records,
+            count(restored.buckets, "bucket"),
+            count(restored.records, "record"),
             restored.rev,
             dir.display(),
             dir.display()

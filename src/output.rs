@@ -187,8 +187,10 @@ pub(crate) fn hibernation_line(h: &metakv::HibernationStatus) -> Option<String> 
     );
     if let Some(m) = &r.manifest {
         line.push_str(&format!(
-            ", {} records, {} bytes at revision {}",
-            m.records, m.bytes, m.rev
+            ", {}, {} at revision {}",
+            count(m.records, "record"),
+            count(m.bytes, "byte"),
+            m.rev
         ));
     }
     if let Some(e) = &r.error {
@@ -236,7 +238,7 @@ pub(crate) fn id_list(ids: &[u64]) -> String {
 }
 
 /// `n` and a noun, singular for one: `1 chunk`, `3 chunks`.
-pub(crate) fn count(n: usize, noun: &str) -> String {
+pub(crate) fn count(n: u64, noun: &str) -> String {
     match n {
         1 => format!("1 {noun}"),
         n => format!("{n} {noun}s"),

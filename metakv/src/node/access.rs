@@ -1,4 +1,5 @@
-//! Users and roles: who a caller is, and whether it may send a request.
+//! Users and roles: their records, their tokens, and an admin's changes to them (whether a
+//! caller may send a request is `authorize`'s).
 //!
 //! ```text
 //!  _sys "user/<name>" -> UserRecord (format 1), sealed: its roles, and each token's id and
@@ -16,15 +17,12 @@
 //! each other.
 
 use metakv_raft::RejectionKind;
-use metakv_raft::secure::Peer;
-use metakv_raft::server::{Caller, RefusalLog};
 use metakv_store::{Expect, Op, SYS_BUCKET, Scan};
 use serde::{Deserialize, Serialize};
 
 use super::Node;
 use crate::api::{
-    ADMIN, ALL_BUCKETS, AccessReply, AccessRequest, ClientReply, ClientRequest, Consistency,
-    Grants, Need, UserInfo,
+    ADMIN, ALL_BUCKETS, AccessReply, AccessRequest, ClientReply, Consistency, Grants, UserInfo,
 };
 use crate::error::{Error, Result};
 use crate::node_core::Redirect;
@@ -32,84 +30,21 @@ use crate::node_core::Redirect;
 const USER_RECORD_FORMAT: u8 = 1;
 const ROLE_RECORD_FORMAT: u8 = 1;
 const TOKEN_PREFIX: &str = "mkvu";
-/// Callers whose user and grants [`AccessCache`] keeps at most (then it starts again).
-const CACHED_CALLERS_MAX: usize = 4096;
-
-/// What a caller was found to be: its user (or why it is refused) and the grants of its
-/// roles, as of a value of the state machine's `_sys` change counter.
-#[derive(Debug, Clone)]
-struct Found {
-    changes: u64,
-    user: Result<String>,
-    grants: Vec<Grants>,
-}
-
-/// The users and grants of recent callers, by token or certificate: reading them from `_sys`
-/// on every request cost a third of the writes per second at 64 clients. An entry is used
-/// only while `_sys` has not changed since it was read.
-#[derive(Debug)]
-pub(crate) struct AccessCache {
-    /// The state machine's counter of `_sys` changes.
-    changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    found: std::sync::Mutex<std::collections::HashMap<String, Found>>,
-}
-
-impl AccessCache {
-    pub(crate) fn new(changes: std::sync::Arc<std::sync::atomic::AtomicU64>) -> AccessCache {
-        AccessCache {
-            changes,
-            found: Default::default(),
-        }
-    }
-}
-
-/// Whom a request acts for, once it is authorised.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Acting {
-    /// This process (the embedded API), or a member node asking for itself.
-    Trusted,
-    /// A user. A request passed on to another node carries it, with the token it came with,
-    /// so that the node that answers authorises it again (`ClientRequest::OnBehalf`).
-    User { name: String, token: Option<String> },
-}
-
-impl Acting {
-    /// `request`, as this caller sends it to another node.
-    pub(crate) fn wrap(&self, request: &ClientRequest) -> ClientRequest {
-        match self {
-            Acting::Trusted => request.clone(),
-            Acting::User { name, token } => ClientRequest::OnBehalf {
-                user: name.clone(),
-                token: token.clone(),
-                request: Box::new(request.clone()),
-            },
-        }
-    }
-
-    /// The user, if a user acts; `None` for a trusted caller.
-    pub(crate) fn user(&self) -> Option<&str> {
-        match self {
-            Acting::Trusted => None,
-            Acting::User { name, .. } => Some(name),
-        }
-    }
-}
-
 /// Users, and roles, that `user list` and `role list` show at most.
 const LISTED_MAX: usize = 10_000;
 /// Tokens a user may hold at once.
 pub const USER_TOKENS_MAX: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct TokenHash {
-    id: u64,
-    sha256: [u8; 32],
+pub(super) struct TokenHash {
+    pub(super) id: u64,
+    pub(super) sha256: [u8; 32],
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct UserRecord {
-    roles: Vec<String>,
-    tokens: Vec<TokenHash>,
+pub(super) struct UserRecord {
+    pub(super) roles: Vec<String>,
+    pub(super) tokens: Vec<TokenHash>,
 }
 
 fn user_key(name: &str) -> Vec<u8> {
@@ -135,17 +70,17 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(super) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A user token's parts: (user, id, secret).
-fn parse_token(token: &str) -> Option<(&str, u64, &str)> {
+pub(super) fn parse_token(token: &str) -> Option<(&str, u64, &str)> {
     let rest = token.trim().strip_prefix(TOKEN_PREFIX)?.strip_prefix('.')?;
     let (rest, secret) = rest.rsplit_once('.')?;
     let (user, id) = rest.rsplit_once('.')?;
@@ -173,7 +108,7 @@ fn draw_token(user: &str) -> Result<(String, TokenHash)> {
 }
 
 /// Constant-time equality of two hashes.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(super) fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -187,7 +122,7 @@ impl Node {
             .map(|r| r.map(|r| (r.value, r.rev)))
     }
 
-    async fn user_record(&self, name: &str) -> Result<Option<(UserRecord, u64)>> {
+    pub(super) async fn user_record(&self, name: &str) -> Result<Option<(UserRecord, u64)>> {
         match self.sys_record(user_key(name)).await? {
             None => Ok(None),
             Some((bytes, rev)) => metakv_store::codec::unseal(USER_RECORD_FORMAT, &bytes)
@@ -196,7 +131,7 @@ impl Node {
         }
     }
 
-    async fn role_grants(&self, name: &str) -> Result<Option<(Grants, u64)>> {
+    pub(super) async fn role_grants(&self, name: &str) -> Result<Option<(Grants, u64)>> {
         if name == ADMIN {
             return Ok(Some((Grants::admin(), 0)));
         }
@@ -206,159 +141,6 @@ impl Node {
                 .map(|r| Some((r, rev)))
                 .map_err(|e| Error::Storage(format!("role {name:?}'s record: {e}"))),
         }
-    }
-
-    /// The user a caller acts for: its token's (checked against the user's record), else its
-    /// certificate's.
-    async fn user_of(&self, caller: &Caller) -> Result<String> {
-        let unknown = |user: &str| Error::Denied {
-            user: format!("{user:?}"),
-            action: "connect: the token is unknown, revoked or damaged".into(),
-        };
-        if let Some(token) = &caller.token {
-            let (user, id, secret) = parse_token(token).ok_or_else(|| unknown("?"))?;
-            let record = self.user_record(user).await?;
-            let valid = record.is_some_and(|(r, _)| {
-                r.tokens
-                    .iter()
-                    .any(|t| t.id == id && same(&t.sha256, &sha256(secret.as_bytes())))
-            });
-            return match valid {
-                true => Ok(user.to_owned()),
-                false => Err(unknown(user)),
-            };
-        }
-        match &caller.peer {
-            Peer::User(name) => Ok(name.clone()),
-            other => Err(Error::Denied {
-                user: other.to_string(),
-                action: "connect: it presents neither a user certificate nor a token".into(),
-            }),
-        }
-    }
-
-    /// The grants of `user`'s roles.
-    async fn grants_of(&self, user: &str) -> Result<Vec<Grants>> {
-        if user == ADMIN {
-            return Ok(vec![Grants::admin()]);
-        }
-        let Some((record, _)) = self.user_record(user).await? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for role in &record.roles {
-            if let Some((grants, _)) = self.role_grants(role).await? {
-                out.push(grants);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Who `caller` is and what its roles grant: from the cache while `_sys` is unchanged,
-    /// else read (the counter is read first, so a change applied meanwhile is seen next time).
-    async fn found(&self, caller: &Caller) -> Result<Found> {
-        let cache = &self.inner.access;
-        // A token is kept as its hash: a hello may carry a token up to a client frame long,
-        // and 4,096 of those would be gigabytes.
-        let key = match (&caller.token, &caller.peer) {
-            (Some(token), _) => format!("token {}", hex(&sha256(token.as_bytes()))),
-            (None, peer) => format!("peer {peer:?}"),
-        };
-        let changes = cache.changes.load(std::sync::atomic::Ordering::Acquire);
-        if let Some(found) = crate::sync::lock(&cache.found).get(&key)
-            && found.changes == changes
-        {
-            return Ok(found.clone());
-        }
-        let user = self.user_of(caller).await;
-        let grants = match &user {
-            Ok(user) => self.grants_of(user).await?,
-            Err(_) => Vec::new(),
-        };
-        let found = Found {
-            changes,
-            user,
-            grants,
-        };
-        let mut map = crate::sync::lock(&cache.found);
-        if map.len() >= CACHED_CALLERS_MAX {
-            map.clear();
-        }
-        map.insert(key, found.clone());
-        Ok(found)
-    }
-
-    /// Whether `caller` may send `request` (see the module docs and `node::permitted`), and
-    /// whom it acts for. A member's `OnBehalf` is authorised for the user it names, as if
-    /// that user had sent what it carries here.
-    pub(super) async fn authorize(
-        &self,
-        caller: &Caller,
-        request: ClientRequest,
-        denials: &RefusalLog,
-    ) -> Result<(ClientRequest, Acting)> {
-        let ClientRequest::OnBehalf {
-            user,
-            token,
-            request,
-        } = request
-        else {
-            let acting = self.authorize_one(caller, &request, denials).await?;
-            return Ok((request, acting));
-        };
-        if caller.node.is_none() {
-            return Err(Error::Denied {
-                user: caller.peer.to_string(),
-                action: "send a request on a user's behalf: only a member node may".into(),
-            });
-        }
-        if let Some(why) = super::route::internal_only(&request)
-            .or_else(|| matches!(*request, ClientRequest::OnBehalf { .. }).then(|| "a request on a user's behalf carries one request, not another on a user's behalf".to_owned()))
-        {
-            return Err(Error::invalid(why));
-        }
-        let user = Caller {
-            node: None,
-            peer: Peer::User(user),
-            token,
-        };
-        let acting = self.authorize_one(&user, &request, denials).await?;
-        Ok((*request, acting))
-    }
-
-    /// Whether `caller` may send `request` itself.
-    async fn authorize_one(
-        &self,
-        caller: &Caller,
-        request: &ClientRequest,
-        denials: &RefusalLog,
-    ) -> Result<Acting> {
-        let user_call = caller.token.is_some() || matches!(caller.peer, Peer::User(_));
-        if !user_call {
-            return super::permitted(caller, request).map(|()| Acting::Trusted);
-        }
-        let need = request.need();
-        let found = self.found(caller).await?;
-        let verdict = match found.user {
-            Ok(name) if found.grants.iter().any(|g| g.grants(&need)) => {
-                return Ok(Acting::User {
-                    name,
-                    token: caller.token.clone(),
-                });
-            }
-            Ok(user) => Error::Denied {
-                user: format!("user {user:?}"),
-                action: match request_bucket(request) {
-                    Some(b) => format!("{} (bucket {b:?}): it needs to {need}", request.name()),
-                    None => format!("{}: it needs to {need}", request.name()),
-                },
-            },
-            Err(e) => e,
-        };
-        if denials.allow() {
-            tracing::warn!(peer = %caller.peer, op = request.name(), bucket = request_bucket(request).unwrap_or("-"), error = %verdict, "denied");
-        }
-        Err(verdict)
     }
 
     /// An admin's user or role change, on the leader.
@@ -614,22 +396,6 @@ impl Node {
         })
         .await?;
         Ok(AccessReply::Done)
-    }
-}
-
-/// The bucket a request is about, for messages.
-fn request_bucket(request: &ClientRequest) -> Option<&str> {
-    match request.need() {
-        Need::Read(_) | Need::Write(_) => match request {
-            ClientRequest::Write(Op::Put { bucket, .. } | Op::Delete { bucket, .. })
-            | ClientRequest::Get { bucket, .. }
-            | ClientRequest::Scan { bucket, .. }
-            | ClientRequest::Changes { bucket, .. }
-            | ClientRequest::Bucket { bucket, .. }
-            | ClientRequest::Hibernation { bucket } => Some(bucket),
-            _ => None,
-        },
-        _ => None,
     }
 }
 

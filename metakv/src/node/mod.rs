@@ -42,6 +42,7 @@ use crate::sync::lock;
 use crate::tls::NodeTls;
 
 mod access;
+mod authorize;
 mod enroll;
 mod identity;
 mod membership;
@@ -49,7 +50,7 @@ mod route;
 mod status;
 
 pub use crate::config::NodeConfig;
-use access::Acting;
+use authorize::Acting;
 pub use enroll::TOKEN_TTL_MAX;
 pub use identity::{IDENTITY_FILE, Identity, IdentityError};
 use route::leader_only;
@@ -72,7 +73,7 @@ pub(crate) struct Inner {
     /// Denied requests logged per second at most.
     denials: metakv_raft::server::RefusalLog,
     /// Recent callers' users and grants (see `access`).
-    access: access::AccessCache,
+    access: authorize::AccessCache,
     /// The membership turn: one change at a time on this node (see `membership`).
     membership: tokio::sync::Mutex<()>,
     addr: String,
@@ -463,7 +464,7 @@ impl Node {
             incarnation: identity.incarnation,
             tls: material,
             denials: Default::default(),
-            access: access::AccessCache::new(sys_changes),
+            access: authorize::AccessCache::new(sys_changes),
             membership: tokio::sync::Mutex::new(()),
             addr: addr.clone(),
             listen_addr,

@@ -9,6 +9,25 @@ use crate::tls::ClientCreds;
 
 /// A connection to a cluster through one or more of its nodes. The node asked forwards
 /// writes and linearizable reads to the leader: a client never needs to know who leads.
+/// Its operations are [`Kv`]'s.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use metakv::{Client, ClientCreds, Kv};
+///
+/// // The credentials file the cluster's first node wrote (or a user's, from
+/// // `metakv user add --creds-out`): the cluster CA and who this client is.
+/// let creds = ClientCreds::load("metakv-data/admin.creds".as_ref())?;
+/// let client = Client::new(
+///     vec!["10.0.0.1:7379".into(), "10.0.0.2:7379".into()],
+///     "metakv",
+///     &creds,
+/// )?;
+/// if let Some(ada) = client.get("users", b"ada").await? {
+///     println!("ada at revision {}", ada.rev);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Client {
     endpoints: Vec<String>,

@@ -39,6 +39,22 @@ pub enum Security {
 }
 
 /// How a node runs. [`NodeConfig::new`] gives the defaults.
+///
+/// ```
+/// use metakv::NodeConfig;
+///
+/// // Node 2 of a cluster, joining through node 1 with a join token (`Kv::join_token`, or
+/// // `metakv cluster join-token`); pauses may write under /srv/metakv-archive.
+/// let mut config = NodeConfig::new(2, "/var/lib/metakv", "10.0.0.2:7379");
+/// config.join = Some("10.0.0.1:7379".into());
+/// config.join_token = Some("mkv1....".into());
+/// config.hibernation.archive_roots = vec!["/srv/metakv-archive".into()];
+/// config.validate().unwrap();
+///
+/// config.listen = "localhost".into();
+/// let e = config.validate().unwrap_err();
+/// assert!(e.to_string().contains("host:port"));
+/// ```
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// The node's id: 1 or more, unique in the cluster, kept with its data dir.

@@ -3,7 +3,30 @@
 use metakv_raft::{Rejection, RejectionKind};
 use serde::{Deserialize, Serialize};
 
-/// Why a request failed.
+/// Why a request failed, and whether it changed anything.
+///
+/// ```
+/// use metakv::{Error, RejectionKind};
+///
+/// /// Whether a failed write may be sent again as it is.
+/// fn safe_to_retry(e: &Error, has_expectation: bool) -> bool {
+///     match e {
+///         // Nothing was applied: the cluster was not reached, or was busy.
+///         Error::Unavailable(_) | Error::NotLeader { .. } | Error::Busy(_) => true,
+///         // It may have been applied: only a write with `Expect::Rev` or
+///         // `Expect::Absent` is refused the second time instead of applied twice.
+///         Error::Ambiguous { .. } => has_expectation,
+///         // Refused, nothing changed: the same request is refused again (its kind says
+///         // why: `BucketNotFound`, `BucketPaused`, `Invalid`, ...).
+///         Error::Rejected(r) => {
+///             let _why: RejectionKind = r.kind;
+///             false
+///         }
+///         _ => false,
+///     }
+/// }
+/// assert!(!safe_to_retry(&Error::Ambiguous { what: "put users/ada".into(), reason: "cut".into() }, false));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Error {
     /// The op was refused and changed nothing: bad input, unknown or paused bucket...

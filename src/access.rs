@@ -4,7 +4,7 @@ use metakv::{AccessReply, AccessRequest, Client, Grants, Kv};
 use serde_json::json;
 
 use crate::args::{RoleCmd, UserCmd};
-use crate::cli::Fail;
+use crate::fail::Fail;
 
 async fn ask(client: &Client, request: AccessRequest) -> Result<AccessReply, Fail> {
     Ok(client.access(request).await?)

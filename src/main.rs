@@ -9,11 +9,13 @@ macro_rules! outln {
 }
 
 mod access;
+mod admin;
 mod args;
 mod bench;
 mod cli;
 mod config;
 mod demo;
+mod fail;
 mod maintenance;
 mod output;
 mod progress;
@@ -125,7 +127,7 @@ fn main() -> ExitCode {
             let raw = cli.endpoint.as_deref().unwrap_or("127.0.0.1:7379");
             let endpoints = match cli::endpoints(raw) {
                 Ok(e) => e,
-                Err(why) => return cli::usage_error(cli.json, &why),
+                Err(why) => return fail::usage_error(cli.json, &why),
             };
             let cluster_id = cli.cluster_id.unwrap_or_else(|| "metakv".into());
             let security = match cmd.is_offline() {
@@ -133,7 +135,7 @@ fn main() -> ExitCode {
                 true => cli::Security::Insecure,
                 false => match cli::security(cli.insecure, cli.creds.as_deref(), cli.token) {
                     Ok(s) => s,
-                    Err(why) => return cli::usage_error(cli.json, &why),
+                    Err(why) => return fail::usage_error(cli.json, &why),
                 },
             };
             return cli::run(endpoints, cluster_id, security, cli.json, cmd);
@@ -142,7 +144,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             let endpoints = match cli.endpoint.as_deref().map(cli::endpoints).transpose() {
                 Ok(e) => e,
-                Err(why) => return cli::usage_error(cli.json, &why),
+                Err(why) => return fail::usage_error(cli.json, &why),
             };
             bench::run(
                 args,
@@ -214,7 +216,7 @@ fn main() -> ExitCode {
             eprintln!("metakv: {e}");
             // A library error keeps its code (the README's table); anything else is 1.
             match e.downcast_ref::<metakv::Error>() {
-                Some(e) => ExitCode::from(cli::Fail::from(e.clone()).0),
+                Some(e) => ExitCode::from(fail::Fail::from(e.clone()).0),
                 None => ExitCode::FAILURE,
             }
         }

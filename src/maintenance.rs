@@ -10,7 +10,7 @@ use metakv_raft::{LogCheck, check_log_file};
 use metakv_store::{Config, Store};
 use serde_json::json;
 
-use crate::cli::Fail;
+use crate::fail::Fail;
 
 fn open(dir: &Path) -> Result<Store, Fail> {
     let path = dir.join(STATE_FILE);

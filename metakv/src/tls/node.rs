@@ -55,22 +55,10 @@ impl NodeTls {
             },
             None,
         )?;
-        let dir = data_dir.join(TLS_DIR);
-        metakv_store::private::create_dir_all(&dir).map_err(|source| TlsError::Io {
-            doing: "creating",
-            path: dir.clone(),
-            source,
-        })?;
-        write(&dir.join(CA_CERT), &ca.cert_pem)?;
-        write(&dir.join(CA_KEY), &ca.key_pem)?;
-        write(&dir.join(NODE_KEY), &node.key_pem)?;
-        write(
-            &data_dir.join(ADMIN_CREDS),
-            &format!("{}{}{}", ca.cert_pem, admin.cert_pem, admin.key_pem),
-        )?;
-        // Last: `exists` looks for it, so a crash before here makes it all again.
-        write(&dir.join(NODE_CERT), &node.cert_pem)?;
-        Ok(NodeTls { ca, node })
+        let admin_creds = format!("{}{}{}", ca.cert_pem, admin.cert_pem, admin.key_pem);
+        let tls = NodeTls { ca, node };
+        tls.write_files(data_dir, Some(&admin_creds))?;
+        Ok(tls)
     }
 
     /// Writes received material (a join token's enrollment) into `data_dir`; the node
@@ -84,6 +72,14 @@ impl NodeTls {
                 expected: expected.clone(),
             });
         }
+        self.write_files(data_dir, None)
+    }
+
+    /// Writes the CA, its key (if held), the node's key and `admin_creds` (a new cluster's
+    /// admin credentials file), then the node certificate. Last: `exists` looks for it, so a
+    /// crash before it leaves no half of the material, and the next start makes (or
+    /// receives) it all again.
+    fn write_files(&self, data_dir: &Path, admin_creds: Option<&str>) -> Result<(), TlsError> {
         let dir = data_dir.join(TLS_DIR);
         metakv_store::private::create_dir_all(&dir).map_err(|source| TlsError::Io {
             doing: "creating",
@@ -93,7 +89,9 @@ impl NodeTls {
         write(&dir.join(CA_CERT), &self.ca.cert_pem)?;
         write(&dir.join(CA_KEY), &self.ca.key_pem)?;
         write(&dir.join(NODE_KEY), &self.node.key_pem)?;
-        // Last: `exists` looks for it, so a crash before here leaves no half of the material.
+        if let Some(text) = admin_creds {
+            write(&data_dir.join(ADMIN_CREDS), text)?;
+        }
         write(&dir.join(NODE_CERT), &self.node.cert_pem)
     }
 

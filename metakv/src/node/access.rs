@@ -122,6 +122,23 @@ impl Node {
             .map(|r| r.map(|r| (r.value, r.rev)))
     }
 
+    /// The `_sys` records under `prefix` (users or roles), at most [`LISTED_MAX`], from this
+    /// node's applied copy.
+    async fn sys_records(&self, prefix: &'static [u8]) -> Result<metakv_store::ScanPage> {
+        self.inner
+            .core
+            .local(move |s| {
+                let scan = Scan {
+                    prefix: prefix.to_vec(),
+                    after: None,
+                    limit: LISTED_MAX,
+                    include_tombstones: false,
+                };
+                s.read()?.scan(SYS_BUCKET, &scan)
+            })
+            .await
+    }
+
     pub(super) async fn user_record(&self, name: &str) -> Result<Option<(UserRecord, u64)>> {
         match self.sys_record(user_key(name)).await? {
             None => Ok(None),
@@ -246,19 +263,7 @@ impl Node {
     }
 
     async fn user_list(&self) -> Result<AccessReply> {
-        let rows = self
-            .inner
-            .core
-            .local(|s| {
-                let scan = Scan {
-                    prefix: b"user/".to_vec(),
-                    after: None,
-                    limit: LISTED_MAX,
-                    include_tombstones: false,
-                };
-                s.read()?.scan(SYS_BUCKET, &scan)
-            })
-            .await?;
+        let rows = self.sys_records(b"user/").await?;
         let mut users = vec![UserInfo {
             name: ADMIN.into(),
             roles: vec![ADMIN.into()],
@@ -355,19 +360,7 @@ impl Node {
     }
 
     async fn role_list(&self) -> Result<AccessReply> {
-        let rows = self
-            .inner
-            .core
-            .local(|s| {
-                let scan = Scan {
-                    prefix: b"role/".to_vec(),
-                    after: None,
-                    limit: LISTED_MAX,
-                    include_tombstones: false,
-                };
-                s.read()?.scan(SYS_BUCKET, &scan)
-            })
-            .await?;
+        let rows = self.sys_records(b"role/").await?;
         let mut roles = vec![(ADMIN.to_owned(), Grants::admin())];
         for (key, record) in rows.items {
             let name = String::from_utf8_lossy(&key["role/".len()..]).into_owned();

@@ -401,6 +401,15 @@ async fn requests_for_a_user_are_authorised_where_they_are_answered() {
         call(&mut conn, &on_behalf("nobody", None, get.clone())).await,
     ));
     assert!(e.contains("\"nobody\""), "{e}");
+    // A name no user can have is refused before anything is looked up or cached for it.
+    let long = "n".repeat(10_000);
+    let e = refused(call(&mut conn, &on_behalf(&long, None, get.clone())).await);
+    assert_eq!(
+        e.rejection_kind(),
+        Some(metakv::RejectionKind::Invalid),
+        "{e}"
+    );
+    assert!(e.to_string().contains("1 to 64"), "{e}");
     let sys = Box::new(ClientRequest::Write(Op::Put {
         bucket: metakv::store::SYS_BUCKET.into(),
         key: b"role/mine".to_vec(),

@@ -56,7 +56,7 @@ fn role_key(name: &str) -> Vec<u8> {
 }
 
 /// A user or role name: 1 to 64 of `[A-Za-z0-9_-]` (no `.`: a token's parts are split on it).
-fn check_name(what: &str, name: &str) -> Result<()> {
+pub(super) fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

@@ -12,7 +12,7 @@ use metakv_raft::server::{Caller, RefusalLog};
 use metakv_store::Op;
 
 use super::Node;
-use super::access::{hex, parse_token, same, sha256};
+use super::access::{check_name, hex, parse_token, same, sha256};
 use crate::api::{ADMIN, ClientRequest, Grants, Need};
 use crate::error::{Error, Result};
 
@@ -189,6 +189,8 @@ impl Node {
         {
             return Err(Error::invalid(why));
         }
+        // Checked before it is looked up or cached: a name no user can have.
+        check_name("user", &user)?;
         let user = Caller {
             node: None,
             peer: Peer::User(user),
